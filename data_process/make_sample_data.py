@@ -1,0 +1,189 @@
+"""Generate the tiny offline demo data: learnable English/Chinese chat tasks and a tokenizer corpus.
+
+Everything is produced from templates and a seeded RNG, so the same seed always gives the same files:
+
+    python data_process/make_sample_data.py --out_dir examples/tiny/data --seed 0
+
+Writes `sft_train.jsonl` and `sft_eval.jsonl` (OpenAI-style `{"messages": [...]}` rows) and `corpus.txt`
+(one document per line) for `tokenizer/train_tokenizer.py`.
+"""
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+WORDS = [
+    "apple", "banana", "cherry", "grape", "lemon", "mango", "melon", "peach", "plum", "pear",
+    "river", "mountain", "forest", "ocean", "desert", "island", "valley", "cloud", "storm", "snow",
+    "table", "chair", "window", "door", "garden", "kitchen", "bridge", "tower", "castle", "market",
+    "tiger", "horse", "rabbit", "eagle", "dolphin", "turtle", "monkey", "zebra", "panda", "whale",
+    "music", "paper", "pencil", "rocket", "planet", "silver", "golden", "purple", "orange", "yellow",
+    "python", "model", "token", "matrix", "vector", "signal", "camera", "laptop", "phone", "robot",
+]  # fmt: skip
+
+# (English name, Chinese name, English capital, Chinese capital)
+CAPITALS = [
+    ("France", "法国", "Paris", "巴黎"),
+    ("Germany", "德国", "Berlin", "柏林"),
+    ("Italy", "意大利", "Rome", "罗马"),
+    ("Spain", "西班牙", "Madrid", "马德里"),
+    ("Japan", "日本", "Tokyo", "东京"),
+    ("China", "中国", "Beijing", "北京"),
+    ("Russia", "俄罗斯", "Moscow", "莫斯科"),
+    ("Egypt", "埃及", "Cairo", "开罗"),
+    ("Canada", "加拿大", "Ottawa", "渥太华"),
+    ("Australia", "澳大利亚", "Canberra", "堪培拉"),
+    ("Brazil", "巴西", "Brasilia", "巴西利亚"),
+    ("India", "印度", "New Delhi", "新德里"),
+    ("Thailand", "泰国", "Bangkok", "曼谷"),
+    ("Greece", "希腊", "Athens", "雅典"),
+    ("Kenya", "肯尼亚", "Nairobi", "内罗毕"),
+    ("Peru", "秘鲁", "Lima", "利马"),
+]
+
+# (English unit, Chinese unit, English target, Chinese target, factor)
+UNITS = [
+    ("kilometers", "千米", "meters", "米", 1000),
+    ("meters", "米", "centimeters", "厘米", 100),
+    ("hours", "小时", "minutes", "分钟", 60),
+    ("minutes", "分钟", "seconds", "秒", 60),
+    ("kilograms", "千克", "grams", "克", 1000),
+    ("days", "天", "hours", "小时", 24),
+    ("weeks", "周", "days", "天", 7),
+]
+
+SYSTEM_PROMPTS = [
+    "You are a helpful assistant.",
+    "You are a concise assistant. Answer in one short sentence.",
+    "You are a careful math tutor.",
+    "你是一个乐于助人的助手。",
+    "你是一个简洁的助手，请用一句话回答。",
+]
+
+OPS = {"+": ("加", lambda a, b: a + b), "-": ("减", lambda a, b: a - b), "*": ("乘", lambda a, b: a * b)}
+
+
+def arithmetic(rng):
+    """An English or Chinese addition, subtraction or multiplication question."""
+    op = rng.choice(list(OPS))
+    a, b = (rng.randint(2, 12), rng.randint(2, 12)) if op == "*" else (rng.randint(0, 99), rng.randint(0, 99))
+    if op == "-" and b > a:
+        a, b = b, a
+    zh_op, fn = OPS[op]
+    if rng.random() < 0.5:
+        return ("arith", op, a, b), f"What is {a} {op} {b}?", f"{a} {op} {b} = {fn(a, b)}."
+    return ("arith", op, a, b), f"计算 {a} {zh_op} {b}。", f"{a} {zh_op} {b} 等于 {fn(a, b)}。"
+
+
+def word_task(rng):
+    """Reverse, uppercase or count the letters of a short word, in English or Chinese."""
+    word, kind, zh = rng.choice(WORDS), rng.choice(["reverse", "upper", "count"]), rng.random() < 0.5
+    if kind == "reverse":
+        q, a = (f"把单词 {word} 倒过来写。", f"{word} 倒过来是 {word[::-1]}。") if zh else (
+            f'Reverse the word "{word}".', f'"{word}" reversed is "{word[::-1]}".')
+    elif kind == "upper":
+        q, a = (f"把 {word} 转成大写。", f"{word} 的大写是 {word.upper()}。") if zh else (
+            f'Write "{word}" in uppercase.', f'"{word}" in uppercase is "{word.upper()}".')
+    else:
+        q, a = (f"单词 {word} 有几个字母？", f"{word} 有 {len(word)} 个字母。") if zh else (
+            f'How many letters are in "{word}"?', f'"{word}" has {len(word)} letters.')
+    return (kind, word, zh), q, a
+
+
+def capital(rng):
+    """A capital-city question from the built-in table."""
+    country, zh_country, city, zh_city = rng.choice(CAPITALS)
+    if rng.random() < 0.5:  # key None: eval asks the same facts that train teaches
+        return None, f"What is the capital of {country}?", f"The capital of {country} is {city}."
+    return None, f"{zh_country}的首都是哪里？", f"{zh_country}的首都是{zh_city}。"
+
+
+def convert(rng):
+    """A unit conversion by a fixed factor."""
+    unit, zh_unit, target, zh_target, factor = rng.choice(UNITS)
+    n = rng.randint(1, 20)
+    if rng.random() < 0.5:
+        return ("convert", unit, n), f"Convert {n} {unit} to {target}.", f"{n} {unit} = {n * factor} {target}."
+    return ("convert", zh_unit, n), f"{n} {zh_unit}等于多少{zh_target}？", f"{n} {zh_unit}等于 {n * factor} {zh_target}。"
+
+
+TASKS = [arithmetic, arithmetic, word_task, word_task, capital, convert]
+
+
+def make_exchange(rng, avoid):
+    """One (key, user, assistant) exchange whose operands key is not in `avoid`, if found in a few tries."""
+    for _ in range(50):
+        key, question, answer = rng.choice(TASKS)(rng)
+        if key is None or key not in avoid:
+            break
+    return key, question, answer
+
+
+def make_rows(rng, n, avoid):
+    """`n` chat rows: some with a system message, some with two exchanges; returns rows and their keys."""
+    rows, keys = [], set()
+    for _ in range(n):
+        messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < 0.3 else []
+        for _ in range(2 if rng.random() < 0.2 else 1):
+            key, question, answer = make_exchange(rng, avoid)
+            keys.add(key)
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        rows.append({"messages": messages})
+    return rows, keys
+
+
+def corpus_sentences(rng, n):
+    """`n` plain English/Chinese sentences from templates, for tokenizer training."""
+    sentences = []
+    for _ in range(n):
+        word, other, num = rng.choice(WORDS), rng.choice(WORDS), rng.randint(2, 99)
+        (c1, zc1, cap1, zcap1), (c2, zc2, cap2, zcap2) = rng.sample(CAPITALS, 2)
+        unit, zh_unit, target, zh_target, factor = rng.choice(UNITS)
+        sentences.append(rng.choice([
+            f"The {word} is near the {other}.",
+            f"I saw {num} {word}s and {rng.randint(2, 99)} {other}s today.",
+            f"{cap1} is the capital of {c1}, and {cap2} is the capital of {c2}.",
+            f"If you add {num} and {rng.randint(0, 99)}, you get a bigger number.",
+            f"One {unit[:-1]} is {factor} {target}.",
+            f"我们在{zcap1}看到了 {num} 只{rng.choice(['熊猫', '老虎', '兔子', '海豚'])}。",
+            f"{zc1}的首都是{zcap1}，{zc2}的首都是{zcap2}。",
+            f"今天是星期{rng.choice('一二三四五六日')}，天气{rng.choice(['很好', '不错', '有点冷', '很热'])}。",
+            f"1 {zh_unit}等于 {factor} {zh_target}。",
+            f"他把 {word} 写成了大写 {word.upper()}。",
+        ]))
+    return sentences
+
+
+def write_jsonl(path, rows):
+    """Write rows as UTF-8 JSON lines."""
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out_dir", default="examples/tiny/data", help="where to write the files")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
+    parser.add_argument("--num_train", type=int, default=600, help="chat rows in sft_train.jsonl")
+    parser.add_argument("--num_eval", type=int, default=60, help="chat rows in sft_eval.jsonl")
+    parser.add_argument("--num_sentences", type=int, default=1500, help="template sentences in corpus.txt")
+    args = parser.parse_args()
+
+    rng = random.Random(args.seed)
+    eval_rows, eval_keys = make_rows(rng, args.num_eval, avoid=set())
+    train_rows, _ = make_rows(rng, args.num_train, avoid=eval_keys)
+    chat_text = [m["content"] for row in train_rows + eval_rows for m in row["messages"]]
+    lines = corpus_sentences(rng, args.num_sentences) + chat_text
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "sft_train.jsonl", train_rows)
+    write_jsonl(out / "sft_eval.jsonl", eval_rows)
+    (out / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
+    print(f"wrote {len(train_rows)} train rows, {len(eval_rows)} eval rows, {len(lines)} corpus lines to {out}")
+
+
+if __name__ == "__main__":
+    main()

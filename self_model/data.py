@@ -1,0 +1,339 @@
+"""Read data sources (files, dataset ids, `name#N` sampling), normalise rows, and build SFT examples.
+
+Every row carries its location (`file:line`) so a bad row is reported where the user can find it.
+With `bad_rows: fail` the first bad row stops the run; with `skip` rows are counted by reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from self_model.config import DataArgs
+from self_model.errors import DataError
+from self_model.templates import IGNORE_INDEX, Renderer, encode_conversation
+
+FILE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+SAMPLE_SUFFIX = re.compile(r"^(?P<path>.+?)#(?P<n>\d+)$")
+ROLE_ALIASES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+DEFAULT_KEYS = {k: k for k in ("messages", "conversations", "system", "instruction", "input", "output", "history")}
+
+
+class BadRow(Exception):
+    """A row that cannot become an example; the message says why."""
+
+
+@dataclass
+class Row:
+    data: Any
+    where: str
+
+
+@dataclass
+class BadRowLog:
+    """Skipped rows by reason, with the first few locations of each."""
+
+    policy: str
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def record(self, where: str, reason: str) -> None:
+        if self.policy == "fail":
+            raise DataError(f"{where}: {reason} (fix the row, or set data.bad_rows: skip to count and skip such rows)")
+        self.counts[reason] += 1
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < 3:
+            self.examples[reason].append(where)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        lines = [f"skipped {n} bad rows: {reason} (e.g. {', '.join(self.examples[reason])})" for reason, n in self.counts.items()]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- sources
+
+
+def split_spec(spec: str) -> tuple[str, int | None]:
+    """`path#N` -> (path, N); plain `path` -> (path, None)."""
+    match = SAMPLE_SUFFIX.match(spec)
+    return (match["path"], int(match["n"])) if match else (spec, None)
+
+
+def _read_jsonl(path: Path, bad: BadRowLog) -> Iterator[Row]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield Row(json.loads(line), f"{path}:{number}")
+            except json.JSONDecodeError as err:
+                bad.record(f"{path}:{number}", f"malformed JSON ({err.msg})")
+
+
+def _read_json(path: Path) -> Iterator[Row]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg}); a .json file must hold one list of rows") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))
+    if not isinstance(data, list):
+        raise DataError(f"{path}: a .json data file must hold a list of rows (use .jsonl for one row per line)")
+    for index, item in enumerate(data):
+        yield Row(item, f"{path}[{index}]")
+
+
+def _read_table(path: Path, kind: str) -> Iterator[Row]:
+    import pandas as pd
+
+    frame = pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path, keep_default_na=False)
+    for index, record in enumerate(frame.to_dict(orient="records")):
+        yield Row(record, f"{path}:row {index + (2 if kind == 'csv' else 0)}")
+
+
+def _read_hub(name: str) -> Iterator[Row]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, split="train")
+    except Exception as err:  # no network, unknown name, missing config: all end the same way for the user
+        raise DataError(
+            f"{name}: not a local file and could not be loaded as a dataset id ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}). Check the path, or download the dataset first."
+        ) from None
+    for index, record in enumerate(dataset):
+        yield Row(record, f"{name}[{index}]")
+
+
+def read_source(spec: str, bad: BadRowLog, seed: int = 0) -> list[Row]:
+    """All rows of one source; `#N` draws N rows with a fixed seed (repeating rows when N exceeds the size)."""
+    name, count = split_spec(spec)
+    path = Path(name)
+    if path.is_file():
+        kind = FILE_SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl, .json, .parquet or .csv)")
+        if kind == "json":
+            rows = list(_read_jsonl(path, bad) if path.suffix.lower() == ".jsonl" else _read_json(path))
+        else:
+            rows = list(_read_table(path, kind))
+    elif path.exists():
+        raise DataError(f"{path}: is a directory; name the data files inside it")
+    else:
+        rows = list(_read_hub(name))
+    if not rows:
+        raise DataError(f"{name}: no rows")
+    if count is not None:
+        rng = random.Random(seed)
+        if count <= len(rows):
+            rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), count))]
+        else:
+            rows = rows * (count // len(rows)) + [rows[i] for i in sorted(rng.sample(range(len(rows)), count % len(rows)))]
+    return rows
+
+
+def fingerprint(spec: str) -> str:
+    """A content hash of a local source (sha256 of its bytes), or the spec itself for a dataset id."""
+    name, _ = split_spec(spec)
+    path = Path(name)
+    if not path.is_file():
+        return f"dataset-id:{spec}"
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def as_list(specs: str | list[str] | None) -> list[str]:
+    return [] if not specs else [specs] if isinstance(specs, str) else list(specs)
+
+
+# ---------------------------------------------------------------- SFT rows -> messages
+
+
+def _text(row: dict, key: str, required: bool = True) -> str:
+    value = row.get(key)
+    if value is None or value == "":
+        if required:
+            raise BadRow(f"missing field {key!r}")
+        return ""
+    if not isinstance(value, str):
+        raise BadRow(f"field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _turns(items: Any, role_key: str, content_key: str, field_name: str) -> list[dict[str, str]]:
+    if not isinstance(items, list) or not items:
+        raise BadRow(f"field {field_name!r} must be a non-empty list of turns")
+    turns = []
+    for item in items:
+        if not isinstance(item, dict) or role_key not in item or content_key not in item:
+            raise BadRow(f"each turn in {field_name!r} needs {role_key!r} and {content_key!r}")
+        role = ROLE_ALIASES.get(str(item[role_key]).lower())
+        if role is None:
+            raise BadRow(f"unknown role {item[role_key]!r} (use system, user/human or assistant/gpt)")
+        if not isinstance(item[content_key], str):
+            raise BadRow(f"turn content must be a string, got {type(item[content_key]).__name__}")
+        turns.append({"role": role, "content": item[content_key]})
+    return turns
+
+
+def detect_format(row: dict, keys: dict[str, str]) -> str:
+    if keys["messages"] in row:
+        return "messages"
+    if keys["conversations"] in row:
+        return "sharegpt"
+    if keys["instruction"] in row:
+        return "alpaca"
+    if keys["input"] in row and keys["output"] in row:
+        return "input_output"
+    raise BadRow(f"cannot tell the format from its keys {sorted(row)[:8]} (set data.format and data.keys)")
+
+
+def row_to_messages(row: Any, data_format: str, keys: dict[str, str]) -> list[dict[str, str]]:
+    """One row in any supported SFT format -> a checked OpenAI-style message list."""
+    if not isinstance(row, dict):
+        raise BadRow(f"a row must be a JSON object, got {type(row).__name__}")
+    fmt = detect_format(row, keys) if data_format == "auto" else data_format
+    system = row.get(keys["system"]) if isinstance(row.get(keys["system"]), str) else ""
+    if fmt == "messages":
+        messages = _turns(row.get(keys["messages"]), "role", "content", keys["messages"])
+    elif fmt == "sharegpt":
+        messages = _turns(row.get(keys["conversations"]), "from", "value", keys["conversations"])
+    elif fmt == "alpaca":
+        instruction, extra = _text(row, keys["instruction"]), _text(row, keys["input"], required=False)
+        messages = []
+        for pair in row.get(keys["history"]) or []:
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+                raise BadRow(f"field {keys['history']!r} must be a list of [user, assistant] string pairs")
+            messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+        user = f"{instruction}\n{extra}" if extra else instruction
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, keys["output"])}]
+    else:
+        messages = [
+            {"role": "user", "content": _text(row, keys["input"])},
+            {"role": "assistant", "content": _text(row, keys["output"])},
+        ]
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    check_messages(messages)
+    return messages
+
+
+def check_messages(messages: list[dict[str, str]]) -> None:
+    """System first (optional), then user/assistant alternating, ending with assistant; no empty turns."""
+    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    for index, message in enumerate(body):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            raise BadRow(f"turn {index + 1} is {message['role']!r}, expected {expected!r} (turns must alternate user/assistant)")
+        if not message["content"].strip():
+            raise BadRow(f"turn {index + 1} ({message['role']}) is empty")
+    if not body or body[-1]["role"] != "assistant":
+        raise BadRow("the conversation must end with an assistant turn")
+
+
+# ---------------------------------------------------------------- datasets
+
+
+@dataclass
+class DataStats:
+    rows_read: int = 0
+    examples: int = 0
+    truncated: int = 0
+    dropped_no_labels: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+
+    def lines(self, split: str) -> list[str]:
+        share = lambda a, b: f"{100 * a / b:.1f}%" if b else "n/a"  # noqa: E731
+        return [
+            f"[{split}] rows read {self.rows_read}, examples {self.examples}, "
+            f"truncated {self.truncated} ({share(self.truncated, self.examples)}), "
+            f"dropped with no trained token {self.dropped_no_labels}",
+            f"[{split}] tokens {self.tokens}, trained on {self.trained_tokens} ({share(self.trained_tokens, self.tokens)})",
+        ]
+
+
+@dataclass
+class BuiltData:
+    train: Any
+    eval: Any | None
+    stats: dict[str, DataStats]
+    bad_rows: BadRowLog
+    fingerprints: dict[str, str]
+    texts: dict[str, list[str]]
+
+
+def load_rows(data: DataArgs, seed: int, bad: BadRowLog) -> tuple[list[Row], list[Row]]:
+    """Training and evaluation rows: mixed sources, eval from eval_file or a seeded split."""
+    train = [row for spec in as_list(data.train_file) for row in read_source(spec, bad, seed)]
+    evaluation = [row for spec in as_list(data.eval_file) for row in read_source(spec, bad, seed)]
+    if data.eval_split and not evaluation:
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        n_eval = max(1, round(len(train) * data.eval_split))
+        held_out = set(order[:n_eval])
+        evaluation = [row for i, row in enumerate(train) if i in held_out]
+        train = [row for i, row in enumerate(train) if i not in held_out]
+    return train, evaluation
+
+
+def build_sft_data(data: DataArgs, tokenizer, renderer: Renderer, seed: int) -> BuiltData:
+    """Read, normalise and tokenize the SFT data; return HF datasets with input_ids and labels."""
+    import datasets
+
+    bad = BadRowLog(data.bad_rows)
+    keys = {**DEFAULT_KEYS, **data.keys}
+    train_rows, eval_rows = load_rows(data, seed, bad)
+    built, stats, texts = {}, {}, {}
+    for split, rows in (("train", train_rows), ("eval", eval_rows)):
+        if not rows:
+            continue
+        conversations = []
+        for row in rows:
+            try:
+                conversations.append(row_to_messages(row.data, data.format, keys))
+            except BadRow as err:
+                bad.record(row.where, str(err))
+        examples, split_stats = encode_all(conversations, tokenizer, renderer, data)
+        split_stats.rows_read = len(rows)
+        if not examples["input_ids"]:
+            raise DataError(f"no usable {split} examples left (rows read: {len(rows)}; {bad.summary() or 'all empty after truncation'})")
+        texts[split] = examples.pop("text")
+        built[split] = datasets.Dataset.from_dict(examples)
+        stats[split] = split_stats
+    fingerprints = {spec: fingerprint(spec) for spec in as_list(data.train_file) + as_list(data.eval_file)}
+    return BuiltData(built["train"], built.get("eval"), stats, bad, fingerprints, texts)
+
+
+def encode_all(conversations: list, tokenizer, renderer: Renderer, data: DataArgs) -> tuple[dict[str, list], DataStats]:
+    """Encode conversations; drop those left with no trained token after truncation."""
+    stats = DataStats()
+    out: dict[str, list] = {"input_ids": [], "labels": [], "text": []}
+    for messages in conversations:
+        encoded = encode_conversation(messages, tokenizer, renderer, data.train_on, data.max_length)
+        trained = sum(label != IGNORE_INDEX for label in encoded.labels)
+        if trained == 0:
+            stats.dropped_no_labels += 1
+            continue
+        stats.examples += 1
+        stats.truncated += encoded.truncated
+        stats.tokens += len(encoded.input_ids)
+        stats.trained_tokens += trained
+        out["input_ids"].append(encoded.input_ids)
+        out["labels"].append(encoded.labels)
+        out["text"].append(encoded.text)
+    return out, stats

@@ -1,0 +1,151 @@
+"""Tokenizer, model and PEFT construction from the shared config sections."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from self_model.config import RunConfig
+from self_model.errors import UserError
+
+logger = logging.getLogger(__name__)
+DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+def _not_available(kind: str, name: str, err: Exception) -> UserError:
+    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    return UserError(
+        f"{kind} {name!r} is not available locally (not a directory, not in the Hugging Face cache) and could not "
+        f"be fetched from the hub ({first}). Download it first (`hf download {name}`) or point to a local directory."
+    )
+
+
+def load_tokenizer(cfg: RunConfig):
+    """The tokenizer, with a pad token that is never the EOS token (so padding can never hide a real EOS)."""
+    from transformers import AutoTokenizer
+
+    name = cfg.tokenizer_name_or_path or cfg.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _not_available("tokenizer", name, err) from None
+    if not tokenizer.is_fast:
+        raise UserError(f"tokenizer {name!r} is not a fast tokenizer; label masking needs character offsets")
+    set_distinct_pad_token(tokenizer)
+    return tokenizer
+
+
+def set_distinct_pad_token(tokenizer) -> None:
+    """Use an existing unused token for padding when pad is missing or equal to EOS; add `<|pad|>` as a last resort."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    candidates = [tokenizer.unk_token] + [t for t in tokenizer.all_special_tokens if "pad" in t.lower()]
+    candidates += [t for t in tokenizer.get_added_vocab() if "pad" in t.lower() or "reserved_special_token" in t]
+    for token in candidates:
+        if token and token != tokenizer.eos_token and token != tokenizer.bos_token:
+            tokenizer.pad_token = token
+            return
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    logger.warning("tokenizer had no pad token distinct from EOS: added <|pad|> (the embeddings are resized)")
+
+
+def check_environment(cfg: RunConfig, training_args: dict[str, Any]) -> list[str]:
+    """Adjust what this machine cannot do (fp16 without a GPU) and refuse what cannot work; return notices."""
+    import torch
+
+    notices = []
+    has_cuda = torch.cuda.is_available()
+    if cfg.peft.enabled and cfg.peft.method == "qlora":
+        if not has_cuda:
+            raise UserError("peft.method: qlora needs a CUDA GPU (bitsandbytes 4-bit); use lora on this machine")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UserError("peft.method: qlora needs bitsandbytes: install the gpu extra (`uv sync --extra gpu`)") from None
+    if training_args.get("fp16") and not has_cuda:
+        training_args["fp16"] = False
+        notices.append("training_args.fp16: no GPU here, training in float32 instead")
+    if not has_cuda and training_args.get("bf16") is not False:
+        if training_args.get("bf16"):
+            notices.append("training_args.bf16: no GPU here, training in float32 instead")
+        training_args["bf16"] = False  # TRL defaults bf16 on, which transformers refuses on CPU
+    if training_args.get("deepspeed") and not has_cuda:
+        raise UserError("training_args.deepspeed needs CUDA GPUs; remove it to train on CPU")
+    return notices
+
+
+def _torch_dtype(cfg: RunConfig, training_args):
+    import torch
+
+    if cfg.model.dtype != "auto":
+        return getattr(torch, DTYPES[cfg.model.dtype])
+    if cfg.model.init_from_config or (training_args.fp16 and not cfg.peft.enabled):
+        # fp16 mixed precision keeps float32 master weights for full training
+        return torch.float32
+    return "auto"
+
+
+def load_model(cfg: RunConfig, tokenizer, training_args, model_class=None):
+    """The model: random init from model.init_from_config, or loaded (4-bit for qlora); embeddings fit the tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, set_seed
+
+    model_class = model_class or AutoModelForCausalLM
+    dtype = _torch_dtype(cfg, training_args)
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
+    if cfg.model.attn_implementation:
+        kwargs["attn_implementation"] = cfg.model.attn_implementation
+    if cfg.model.init_from_config:
+        config = AutoConfig.from_pretrained(cfg.model.init_from_config, **kwargs)
+        set_seed(training_args.seed)
+        model = model_class.from_config(config, dtype=dtype if dtype != "auto" else torch.float32, **kwargs)
+    else:
+        if cfg.peft.enabled and cfg.peft.method == "qlora":
+            from transformers import BitsAndBytesConfig
+
+            compute = torch.float16 if training_args.fp16 else torch.bfloat16
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+            )
+        try:
+            model = model_class.from_pretrained(cfg.model_name_or_path, dtype=dtype, **kwargs)
+        except OSError as err:
+            raise _not_available("model", cfg.model_name_or_path, err) from None
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def set_stop_tokens(model, tokenizer, stop_words: list[str]) -> None:
+    """Make generation stop at the template's end-of-turn tokens (saved in generation_config.json)."""
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in stop_words if w in tokenizer.get_vocab()]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    ids = list(dict.fromkeys(ids))
+    if ids and getattr(model, "generation_config", None) is not None:
+        model.generation_config.eos_token_id = ids if len(ids) > 1 else ids[0]
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def build_peft_config(cfg: RunConfig, task_type: str = "CAUSAL_LM"):
+    """A peft LoraConfig (DoRA with use_dora) for the trainer, or None for full training."""
+    if not cfg.peft.enabled:
+        return None
+    from peft import LoraConfig
+
+    p = cfg.peft
+    return LoraConfig(
+        r=p.lora_r,
+        lora_alpha=p.lora_alpha,
+        lora_dropout=p.lora_dropout,
+        target_modules=p.target_modules,
+        modules_to_save=p.modules_to_save,
+        use_dora=p.method == "dora",
+        task_type=task_type,
+    )
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()

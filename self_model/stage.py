@@ -1,0 +1,98 @@
+"""Steps every stage script shares: training arguments, data report and preview, final save."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from self_model.config import RunConfig
+from self_model.data import BuiltData
+from self_model.errors import ConfigError
+from self_model.modeling import check_environment
+from self_model.runs import RunDir, is_main_process
+from self_model.templates import IGNORE_INDEX, ChatTemplate, Renderer
+from self_model.tracking import setup_tracking, tensorboard_dir
+
+logger = logging.getLogger("self_model")
+
+
+def setup_logging() -> None:
+    level = logging.INFO if is_main_process() else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def say(message: str) -> None:
+    """A line for the user, printed by rank 0 only."""
+    if is_main_process():
+        print(message, flush=True)
+
+
+def build_training_args(cfg: RunConfig, args_class: type, **owned: Any):
+    """The stage's TRL/transformers config: the user's training_args plus the fields our sections own."""
+    values = dict(cfg.training_args)
+    for notice in check_environment(cfg, values):
+        say(f"note: {notice}")
+    report_to = setup_tracking(cfg.trace, values["output_dir"], values.get("run_name"))
+    if "tensorboard" in report_to:
+        values.setdefault("logging_dir", tensorboard_dir(values["output_dir"]))
+    try:
+        return args_class(**values, **owned, report_to=report_to)
+    except ValueError as err:
+        raise ConfigError([f"training_args: {str(err).strip()}"], cfg.source) from None
+
+
+def highlight(tokenizer, input_ids: list[int], labels: list[int]) -> str:
+    """The decoded example with trained tokens marked (green on a terminal, ⟦…⟧ otherwise)."""
+    start, end = ("\033[92m", "\033[0m") if sys.stdout.isatty() else ("⟦", "⟧")
+    pieces, run, trained = [], [], False
+    for token, label in zip(input_ids, labels):
+        is_trained = label != IGNORE_INDEX
+        if is_trained != trained and run:
+            text = tokenizer.decode(run)
+            pieces.append(f"{start}{text}{end}" if trained else text)
+            run = []
+        run.append(token)
+        trained = is_trained
+    if run:
+        text = tokenizer.decode(run)
+        pieces.append(f"{start}{text}{end}" if trained else text)
+    return "".join(pieces)
+
+
+def report_data(data: BuiltData, tokenizer, preview_examples: int) -> None:
+    for split, stats in data.stats.items():
+        for line in stats.lines(split):
+            say(line)
+    if data.bad_rows.total:
+        say(data.bad_rows.summary())
+    for index in range(min(preview_examples, len(data.train))):
+        example = data.train[index]
+        say(f"--- example {index} (trained tokens marked) ---\n{highlight(tokenizer, example['input_ids'], example['labels'])}")
+
+
+def write_preview(run: RunDir, cfg: RunConfig, data: BuiltData) -> None:
+    rows = [
+        {"text": text, "input_ids": example["input_ids"], "labels": example["labels"]}
+        for text, example in zip(data.texts["train"], data.train)
+    ]
+    path = run.write_jsonl("preview.jsonl", rows)
+    run.write_yaml("dry_run_config.yaml", cfg.resolved)
+    say(f"dry run: {len(rows)} examples written to {path}; no model weights were loaded")
+
+
+def save_final(trainer, tokenizer, renderer: Renderer, run: RunDir, cfg: RunConfig, stage: str, extra: dict) -> None:
+    """Save model or adapter, tokenizer with the chat template, resolved config and manifest (rank 0)."""
+    trainer.save_model(str(run.path))
+    if not trainer.is_world_process_zero():
+        return
+    if isinstance(renderer, ChatTemplate):
+        tokenizer.chat_template = renderer.to_jinja()
+        (run.path / "template.json").write_text(
+            json.dumps({k: v for k, v in asdict(renderer).items()}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+    tokenizer.save_pretrained(str(run.path))
+    run.write_yaml("config.yaml", cfg.resolved)
+    run.write_manifest(cfg, stage, extra)

@@ -1,0 +1,74 @@
+"""Tracking adapter: our `trace` names -> the trainers' `report_to`, with settings from config/trace_config/.
+
+Settings files hold non-secret options only; API keys come from the environment (WANDB_API_KEY,
+SWANLAB_API_KEY) and a key written in a settings file is refused. Trainers log on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from self_model.config import REPO_ROOT, SECRET_KEY_PATTERN
+from self_model.errors import ConfigError
+
+TRACE_CONFIG_DIR = REPO_ROOT / "config" / "trace_config"
+# settings key -> environment variable read by the transformers integration
+ENV_KEYS = {
+    "wandb": {"project": "WANDB_PROJECT", "entity": "WANDB_ENTITY", "mode": "WANDB_MODE", "dir": "WANDB_DIR",
+              "log_model": "WANDB_LOG_MODEL", "run_group": "WANDB_RUN_GROUP"},
+    "swanlab": {"project": "SWANLAB_PROJECT", "workspace": "SWANLAB_WORKSPACE", "mode": "SWANLAB_MODE",
+                "log_dir": "SWANLAB_LOG_DIR", "log_model": "SWANLAB_LOG_MODEL"},
+    "tensorboard": {"log_dir": None},
+}
+MODES = {"wandb": ("online", "offline", "disabled"), "swanlab": ("cloud", "local", "offline", "disabled")}
+
+
+def load_settings(backend: str, settings_dir: Path = TRACE_CONFIG_DIR) -> dict:
+    """The backend's settings file (missing file: defaults), checked for unknown keys and secrets."""
+    path = settings_dir / f"{backend}.yaml"
+    if not path.is_file():
+        return {}
+    settings = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    problems = []
+    for key, value in settings.items():
+        if SECRET_KEY_PATTERN.search(key):
+            problems.append(f"{key}: secrets must come from the environment, not from a file")
+        elif key not in ENV_KEYS[backend]:
+            problems.append(f"{key}: unknown setting (valid: {', '.join(ENV_KEYS[backend])})")
+        elif key == "mode" and value not in MODES[backend]:
+            problems.append(f"mode: {value!r} is not one of {', '.join(MODES[backend])}")
+    if problems:
+        raise ConfigError(problems, str(path))
+    return settings
+
+
+def setup_tracking(backends: list[str], output_dir: str, run_name: str | None = None) -> list[str]:
+    """Export the backends' settings to the environment (values already set there win) and return report_to."""
+    backends = [b for b in backends if b != "none"]
+    for backend in backends:
+        settings = load_settings(backend)
+        for key, value in settings.items():
+            env = ENV_KEYS[backend][key]
+            if env and value is not None:
+                os.environ.setdefault(env, str(value))
+        if backend == "swanlab":
+            os.environ.setdefault("SWANLAB_LOG_DIR", str(Path(output_dir) / "swanlog"))
+        if backend == "wandb":
+            os.environ.setdefault("WANDB_DIR", output_dir)
+            if os.environ.get("WANDB_MODE", "online") == "online" and not os.environ.get("WANDB_API_KEY"):
+                raise ConfigError(["trace: wandb is online but WANDB_API_KEY is not set; export it, or set mode: offline "
+                                   "in config/trace_config/wandb.yaml"], "environment")
+        if backend == "swanlab" and os.environ.get("SWANLAB_MODE", "cloud") == "cloud" and not os.environ.get("SWANLAB_API_KEY"):
+            raise ConfigError(["trace: swanlab is in cloud mode but SWANLAB_API_KEY is not set; export it, or set "
+                               "mode: local (or offline) in config/trace_config/swanlab.yaml"], "environment")
+    if run_name and "wandb" in backends:
+        os.environ.setdefault("WANDB_NAME", run_name)
+    return backends or ["none"]
+
+
+def tensorboard_dir(output_dir: str) -> str | None:
+    settings = load_settings("tensorboard")
+    return settings.get("log_dir") or str(Path(output_dir) / "runs")
