@@ -61,6 +61,22 @@ SYSTEM_PROMPTS = [
     "你是一个简洁的助手，请用一句话回答。",
 ]
 
+# kind -> ((English question, answer), (Chinese question, answer))
+WORD_TASKS = {
+    "reverse": (
+        ('Reverse the word "{w}".', '"{w}" reversed is "{r}".'),
+        ("把单词 {w} 倒过来写。", "{w} 倒过来是 {r}。"),
+    ),
+    "upper": (
+        ('Write "{w}" in uppercase.', '"{w}" in uppercase is "{u}".'),
+        ("把 {w} 转成大写。", "{w} 的大写是 {u}。"),
+    ),
+    "count": (
+        ('How many letters are in "{w}"?', '"{w}" has {n} letters.'),
+        ("单词 {w} 有几个字母？", "{w} 有 {n} 个字母。"),
+    ),
+}
+
 OPS = {"+": ("加", lambda a, b: a + b), "-": ("减", lambda a, b: a - b), "*": ("乘", lambda a, b: a * b)}
 
 
@@ -78,17 +94,10 @@ def arithmetic(rng):
 
 def word_task(rng):
     """Reverse, uppercase or count the letters of a short word, in English or Chinese."""
-    word, kind, zh = rng.choice(WORDS), rng.choice(["reverse", "upper", "count"]), rng.random() < 0.5
-    if kind == "reverse":
-        q, a = (f"把单词 {word} 倒过来写。", f"{word} 倒过来是 {word[::-1]}。") if zh else (
-            f'Reverse the word "{word}".', f'"{word}" reversed is "{word[::-1]}".')
-    elif kind == "upper":
-        q, a = (f"把 {word} 转成大写。", f"{word} 的大写是 {word.upper()}。") if zh else (
-            f'Write "{word}" in uppercase.', f'"{word}" in uppercase is "{word.upper()}".')
-    else:
-        q, a = (f"单词 {word} 有几个字母？", f"{word} 有 {len(word)} 个字母。") if zh else (
-            f'How many letters are in "{word}"?', f'"{word}" has {len(word)} letters.')
-    return (kind, word, zh), q, a
+    word, kind, zh = rng.choice(WORDS), rng.choice(list(WORD_TASKS)), rng.random() < 0.5
+    question, answer = WORD_TASKS[kind][zh]
+    fields = {"w": word, "r": word[::-1], "u": word.upper(), "n": len(word)}
+    return (kind, word, zh), question.format(**fields), answer.format(**fields)
 
 
 def capital(rng):
@@ -105,7 +114,8 @@ def convert(rng):
     n = rng.randint(1, 20)
     if rng.random() < 0.5:
         return ("convert", unit, n), f"Convert {n} {unit} to {target}.", f"{n} {unit} = {n * factor} {target}."
-    return ("convert", zh_unit, n), f"{n} {zh_unit}等于多少{zh_target}？", f"{n} {zh_unit}等于 {n * factor} {zh_target}。"
+    question, answer = f"{n} {zh_unit}等于多少{zh_target}？", f"{n} {zh_unit}等于 {n * factor} {zh_target}。"
+    return ("convert", zh_unit, n), question, answer
 
 
 TASKS = [arithmetic, arithmetic, word_task, word_task, capital, convert]
@@ -140,18 +150,22 @@ def corpus_sentences(rng, n):
         word, other, num = rng.choice(WORDS), rng.choice(WORDS), rng.randint(2, 99)
         (c1, zc1, cap1, zcap1), (c2, zc2, cap2, zcap2) = rng.sample(CAPITALS, 2)
         unit, zh_unit, target, zh_target, factor = rng.choice(UNITS)
-        sentences.append(rng.choice([
-            f"The {word} is near the {other}.",
-            f"I saw {num} {word}s and {rng.randint(2, 99)} {other}s today.",
-            f"{cap1} is the capital of {c1}, and {cap2} is the capital of {c2}.",
-            f"If you add {num} and {rng.randint(0, 99)}, you get a bigger number.",
-            f"One {unit[:-1]} is {factor} {target}.",
-            f"我们在{zcap1}看到了 {num} 只{rng.choice(['熊猫', '老虎', '兔子', '海豚'])}。",
-            f"{zc1}的首都是{zcap1}，{zc2}的首都是{zcap2}。",
-            f"今天是星期{rng.choice('一二三四五六日')}，天气{rng.choice(['很好', '不错', '有点冷', '很热'])}。",
-            f"1 {zh_unit}等于 {factor} {zh_target}。",
-            f"他把 {word} 写成了大写 {word.upper()}。",
-        ]))
+        sentences.append(
+            rng.choice(
+                [
+                    f"The {word} is near the {other}.",
+                    f"I saw {num} {word}s and {rng.randint(2, 99)} {other}s today.",
+                    f"{cap1} is the capital of {c1}, and {cap2} is the capital of {c2}.",
+                    f"If you add {num} and {rng.randint(0, 99)}, you get a bigger number.",
+                    f"One {unit[:-1]} is {factor} {target}.",
+                    f"我们在{zcap1}看到了 {num} 只{rng.choice(['熊猫', '老虎', '兔子', '海豚'])}。",
+                    f"{zc1}的首都是{zcap1}，{zc2}的首都是{zcap2}。",
+                    f"今天是星期{rng.choice('一二三四五六日')}，天气{rng.choice(['很好', '不错', '有点冷', '很热'])}。",
+                    f"1 {zh_unit}等于 {factor} {zh_target}。",
+                    f"他把 {word} 写成了大写 {word.upper()}。",
+                ]
+            )
+        )
     return sentences
 
 

@@ -249,19 +249,19 @@ def _check_fields(
     for key, value in values.items():
         key_path = f"{path}{key}"
         if key not in names:
-            problems.append(f"{key_path} ({origin_of(key_path)}): unknown key{_closest(key, names)}")
+            problems.append(f"{key_path}{origin_of(key_path)}: unknown key{_closest(key, names)}")
             continue
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                problems.append(f"{key_path} ({origin_of(key_path)}): expected a section (a mapping)")
+                problems.append(f"{key_path}{origin_of(key_path)}: expected a section (a mapping)")
                 continue
             checked[key] = _check_fields(value, tp, f"{key_path}.", origin_of, problems)
             continue
         try:
             checked[key] = _coerce(value, tp)
         except _Mismatch as err:
-            problems.append(f"{key_path} ({origin_of(key_path)}): {err}")
+            problems.append(f"{key_path}{origin_of(key_path)}: {err}")
     return checked
 
 
@@ -362,20 +362,41 @@ def _data_source_path(spec: str) -> str:
     return re.sub(r"#\d+$", "", spec)
 
 
-def validate(cfg: RunConfig, stage: StageSpec, origin_of: typing.Callable[[str], str]) -> list[str]:
+def locate(value: str | None) -> str | None:
+    """A relative path is looked up in the current directory, then in the repository root."""
+    if not value or Path(value).is_absolute() or Path(value).exists():
+        return value
+    name, sep, count = value.partition("#")
+    candidate = REPO_ROOT / name
+    return f"{candidate}{sep}{count}" if candidate.exists() else value
+
+
+def _locate_paths(cfg: RunConfig) -> None:
+    for key in ("model_name_or_path", "tokenizer_name_or_path", "template_path"):
+        setattr(cfg, key, locate(getattr(cfg, key)))
+    cfg.model.init_from_config = locate(cfg.model.init_from_config)
+    for key in ("train_file", "eval_file"):
+        value = getattr(cfg.data, key)
+        setattr(cfg.data, key, [locate(v) for v in value] if isinstance(value, list) else locate(value))
+
+
+def validate(
+    cfg: RunConfig, stage: StageSpec, origin_of: typing.Callable[[str], str], check_files: bool = True
+) -> list[str]:
     """Cross-field rules; each message quotes the keys and values involved."""
     problems = []
+    _locate_paths(cfg)
 
     def bad(key: str, msg: str) -> None:
-        problems.append(f"{key} ({origin_of(key)}): {msg}")
+        problems.append(f"{key}{origin_of(key)}: {msg}")
 
     if not cfg.model_name_or_path and not cfg.model.init_from_config:
         bad("model_name_or_path", "missing: set model_name_or_path, or model.init_from_config to train from scratch")
-    if cfg.model.init_from_config and not Path(cfg.model.init_from_config).exists():
+    if check_files and cfg.model.init_from_config and not Path(cfg.model.init_from_config).exists():
         bad("model.init_from_config", f"file not found: {cfg.model.init_from_config}")
     for key in ("model_name_or_path", "tokenizer_name_or_path"):
         value = getattr(cfg, key)
-        if value and not _path_exists_or_hub_id(value):
+        if check_files and value and not _path_exists_or_hub_id(value):
             bad(key, f"{value!r} is neither an existing path nor a hub id")
     if not cfg.tokenizer_name_or_path and not cfg.model_name_or_path:
         bad("tokenizer_name_or_path", "missing: a tokenizer is needed when training from model.init_from_config")
@@ -385,7 +406,7 @@ def validate(cfg: RunConfig, stage: StageSpec, origin_of: typing.Callable[[str],
     if cfg.template and cfg.template != "tokenizer" and cfg.template not in builtin_templates():
         names = [*builtin_templates(), "tokenizer"]
         bad("template", f"unknown template {cfg.template!r}{_closest(cfg.template, names)} (valid: {', '.join(names)})")
-    if cfg.template_path and not Path(cfg.template_path).is_file():
+    if check_files and cfg.template_path and not Path(cfg.template_path).is_file():
         bad("template_path", f"file not found: {cfg.template_path}")
 
     traces = [cfg.trace] if isinstance(cfg.trace, str) else cfg.trace
@@ -401,7 +422,7 @@ def validate(cfg: RunConfig, stage: StageSpec, origin_of: typing.Callable[[str],
     for key in ("train_file", "eval_file"):
         specs = getattr(data, key) or []
         for spec in [specs] if isinstance(specs, str) else specs:
-            if not _path_exists_or_hub_id(_data_source_path(spec)):
+            if check_files and not _path_exists_or_hub_id(_data_source_path(spec)):
                 bad(f"data.{key}", f"file not found: {_data_source_path(spec)}")
     if not 0.0 <= data.eval_split < 1.0:
         bad("data.eval_split", f"must be in [0, 1), got {data.eval_split}")
@@ -465,8 +486,10 @@ def load_config(stage: StageSpec, argv: list[str] | None = None) -> tuple[RunCon
     return load_config_file(stage, args.config, overrides), args
 
 
-def load_config_file(stage: StageSpec, path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
-    """Merge the file chain and overrides, check the schema and cross-field rules."""
+def load_config_file(
+    stage: StageSpec, path: str | os.PathLike, overrides: list[str] = (), check_files: bool = True
+) -> RunConfig:
+    """Merge the file chain and overrides, check the schema and cross-field rules (and that named files exist)."""
     source = str(path)
     layers = _read_yaml(Path(path))
     cli = _parse_overrides(list(overrides))
@@ -480,7 +503,9 @@ def load_config_file(stage: StageSpec, path: str | os.PathLike, overrides: list[
     unresolved = OmegaConf.to_container(merged, resolve=False)
 
     def origin_of(key_path: str) -> str:
-        return origins.get(key_path, source)
+        """Where a key was set, when that is not the config file itself (a base file or the command line)."""
+        origin = origins.get(key_path, source)
+        return "" if origin == source else f" ({origin})"
 
     problems: list[str] = []
     shared_fields = [f.name for f in dataclasses.fields(RunConfig) if f.name not in INTERNAL_FIELDS]
@@ -491,13 +516,13 @@ def load_config_file(stage: StageSpec, path: str | os.PathLike, overrides: list[
     for name, cls in stage.sections.items():
         value = resolved.get(name) or {}
         if not isinstance(value, dict):
-            problems.append(f"{name} ({origin_of(name)}): expected a section (a mapping)")
+            problems.append(f"{name}{origin_of(name)}: expected a section (a mapping)")
             continue
         sections[name] = _check_fields(value, cls, f"{name}.", origin_of, problems)
 
     training_args = resolved.get("training_args") or {}
     if not isinstance(training_args, dict):
-        problems.append(f"training_args ({origin_of('training_args')}): expected a mapping")
+        problems.append(f"training_args{origin_of('training_args')}: expected a mapping")
         training_args = {}
     owned = {**SHARED_OWNED_TRAINING_ARGS, **stage.owned_training_args}
     checked_ta = _check_fields(
@@ -513,17 +538,14 @@ def load_config_file(stage: StageSpec, path: str | os.PathLike, overrides: list[
     known = set(shared_fields) | set(stage.sections) | {"training_args"}
     for key in resolved:
         if key not in known:
-            problems.append(f"{key} ({origin_of(key)}): unknown key{_closest(key, sorted(known))}")
-    if problems:
-        raise ConfigError(problems, source)
-
+            problems.append(f"{key}{origin_of(key)}: unknown key{_closest(key, sorted(known))}")
     cfg = _build(RunConfig, checked)
     cfg.training_args = checked_ta
     cfg.sections = {name: _build(stage.sections[name], values) for name, values in sections.items()}
     cfg.source = source
     if isinstance(cfg.trace, str):
         cfg.trace = [cfg.trace]
-    problems = validate(cfg, stage, origin_of)
+    problems += validate(cfg, stage, origin_of, check_files)
     if problems:
         raise ConfigError(problems, source)
     cfg.resolved = redact(resolved, unresolved)

@@ -276,6 +276,14 @@ class BuiltData:
     fingerprints: dict[str, str]
     texts: dict[str, list[str]]
 
+    def manifest(self) -> dict:
+        """What the run manifest records about the data."""
+        return {
+            "fingerprints": self.fingerprints,
+            "stats": {split: vars(stats) for split, stats in self.stats.items()},
+            "skipped_rows": dict(self.bad_rows.counts),
+        }
+
 
 def load_rows(data: DataArgs, seed: int, bad: BadRowLog) -> tuple[list[Row], list[Row]]:
     """Training and evaluation rows: mixed sources, eval from eval_file or a seeded split."""

@@ -44,6 +44,17 @@ def build_training_args(cfg: RunConfig, args_class: type, **owned: Any):
         raise ConfigError([f"training_args: {str(err).strip()}"], cfg.source) from None
 
 
+def describe_metrics(metrics: dict) -> str:
+    """`eval loss 7.53 -> 3.08, train loss 4.02` from whatever of these the run produced."""
+    parts = []
+    if "eval_loss" in metrics:
+        before = f"{metrics['eval_loss_before']:.4f} -> " if "eval_loss_before" in metrics else ""
+        parts.append(f"eval loss {before}{metrics['eval_loss']:.4f}")
+    if "train_loss" in metrics:
+        parts.append(f"train loss {metrics['train_loss']:.4f}")
+    return ", ".join(parts) or "no metrics"
+
+
 def highlight(tokenizer, input_ids: list[int], labels: list[int]) -> str:
     """The decoded example with trained tokens marked (green on a terminal, ⟦…⟧ otherwise)."""
     start, end = ("\033[92m", "\033[0m") if sys.stdout.isatty() else ("⟦", "⟧")

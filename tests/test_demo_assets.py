@@ -58,7 +58,8 @@ def test_shipped_tokenizer_round_trips_and_has_chatml(tokenizer):
     assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [0, 1, 2]
     assert tokenizer.encode("<|im_end|>", add_special_tokens=False) == [2]
     assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token) == ("<|im_end|>", "<|endoftext|>", None)
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    messages = [{"role": "user", "content": "hi"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert rendered == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
@@ -79,8 +80,9 @@ def test_train_tokenizer_from_shipped_corpus(tmp_path, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     inputs = [str(TINY / "data" / "corpus.txt"), str(TINY / "data" / "sft_eval.jsonl")]
-    monkeypatch.setattr(sys, "argv", ["train_tokenizer.py", "--input", *inputs, "--vocab_size", "500",
-                                      "--output_dir", str(tmp_path)])
+    monkeypatch.setattr(
+        sys, "argv", ["train_tokenizer.py", "--input", *inputs, "--vocab_size", "500", "--output_dir", str(tmp_path)]
+    )
     module.main()
     tok = AutoTokenizer.from_pretrained(tmp_path)
     assert len(tok) == 500 and tok.eos_token_id == 2

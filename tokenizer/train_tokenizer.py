@@ -76,7 +76,7 @@ def train_bpe(paths, vocab_size, min_frequency):
 
 def wrap(tok, chat_template):
     """Wrap a trained tokenizer as a transformers tokenizer with our special-token roles."""
-    from transformers import PreTrainedTokenizerFast  # imported here: it loads torch, and bad arguments should fail fast
+    from transformers import PreTrainedTokenizerFast  # imported here: it loads torch; bad arguments fail fast
 
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -102,8 +102,10 @@ def main():
 
     min_vocab = len(SPECIAL_TOKENS) + BYTE_ALPHABET_SIZE
     if args.vocab_size < min_vocab:
-        parser.error(f"--vocab_size {args.vocab_size} is too small: it must be at least {min_vocab} "
-                     f"({len(SPECIAL_TOKENS)} special tokens + {BYTE_ALPHABET_SIZE} byte alphabet)")
+        parser.error(
+            f"--vocab_size {args.vocab_size} is too small: it must be at least {min_vocab} "
+            f"({len(SPECIAL_TOKENS)} special tokens + {BYTE_ALPHABET_SIZE} byte alphabet)"
+        )
     missing = [str(p) for p in args.input if not p.is_file()]
     if missing:
         parser.error(f"input file not found: {', '.join(missing)}")

@@ -13,12 +13,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script 
 
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
-from self_model.config import StageSpec, load_config  # noqa: E402
+from self_model.config import RunConfig, StageSpec, load_config  # noqa: E402
 from self_model.data import build_sft_data  # noqa: E402
 from self_model.errors import exit_on_user_error  # noqa: E402
 from self_model.modeling import build_peft_config, load_model, load_tokenizer, set_stop_tokens  # noqa: E402
 from self_model.runs import RunDir  # noqa: E402
-from self_model.stage import build_training_args, report_data, save_final, say, setup_logging, write_preview  # noqa: E402
+from self_model.stage import (  # noqa: E402
+    build_training_args,
+    describe_metrics,
+    report_data,
+    save_final,
+    say,
+    setup_logging,
+    write_preview,
+)
 from self_model.templates import load_renderer  # noqa: E402
 
 STAGE = StageSpec(
@@ -39,16 +47,21 @@ STAGE = StageSpec(
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg, args = load_config(STAGE, argv)
-    run = RunDir.prepare(cfg, dry_run=args.dry_run)
-    training_args = build_training_args(cfg, SFTConfig, max_length=cfg.data.max_length, packing=cfg.data.packing)
+    train(cfg, dry_run=args.dry_run)
+    return 0
 
+
+def train(cfg: RunConfig, dry_run: bool = False) -> SFTTrainer | None:
+    """Run the stage; returns the trainer (None for a dry run)."""
+    run = RunDir.prepare(cfg, dry_run=dry_run)
+    training_args = build_training_args(cfg, SFTConfig, max_length=cfg.data.max_length, packing=cfg.data.packing)
     tokenizer = load_tokenizer(cfg)
     renderer = load_renderer(cfg, tokenizer, cfg.tokenizer_name_or_path or cfg.model_name_or_path)
     data = build_sft_data(cfg.data, tokenizer, renderer, training_args.seed)
     report_data(data, tokenizer, cfg.data.preview_examples)
-    if args.dry_run:
+    if dry_run:
         write_preview(run, cfg, data)
-        return 0
+        return None
 
     model = load_model(cfg, tokenizer, training_args)
     set_stop_tokens(model, tokenizer, renderer.stop_words(tokenizer))
@@ -66,15 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics.update(trainer.train(resume_from_checkpoint=run.resume_checkpoint).metrics)
     if data.eval is not None:
         metrics.update(trainer.evaluate())
-    save_final(trainer, tokenizer, renderer, run, cfg, STAGE.name, {
-        "data": {"fingerprints": data.fingerprints, "stats": {k: vars(v) for k, v in data.stats.items()},
-                 "skipped_rows": dict(data.bad_rows.counts)},
-        "metrics": metrics,
-    })
-    before = f"{metrics['eval_loss_before']:.4f} -> " if "eval_loss_before" in metrics else ""
-    after = f"eval loss {before}{metrics['eval_loss']:.4f}, " if "eval_loss" in metrics else ""
-    say(f"done: {after}train loss {metrics.get('train_loss', float('nan')):.4f}; saved to {run.path}")
-    return 0
+    save_final(trainer, tokenizer, renderer, run, cfg, STAGE.name, {"data": data.manifest(), "metrics": metrics})
+    say(f"done: {describe_metrics(metrics)}; saved to {run.path}")
+    return trainer
 
 
 if __name__ == "__main__":
