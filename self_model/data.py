@@ -97,7 +97,7 @@ def _read_json(path: Path) -> Iterator[Row]:
 def _read_table(path: Path, kind: str) -> Iterator[Row]:
     import pandas as pd
 
-    frame = pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path, keep_default_na=False)
+    frame = pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
     for index, record in enumerate(frame.to_dict(orient="records")):
         yield Row(record, f"{path}:row {index + (2 if kind == 'csv' else 0)}")
 
@@ -197,7 +197,7 @@ def detect_format(row: dict, keys: dict[str, str]) -> str:
         return "sharegpt"
     if keys["instruction"] in row:
         return "alpaca"
-    if keys["input"] in row and keys["output"] in row:
+    if keys["input"] in row or keys["output"] in row:
         return "input_output"
     raise BadRow(f"cannot tell the format from its keys {sorted(row)[:8]} (set data.format and data.keys)")
 
