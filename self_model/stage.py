@@ -14,7 +14,7 @@ from self_model.errors import ConfigError
 from self_model.modeling import check_environment
 from self_model.runs import RunDir, is_main_process
 from self_model.templates import IGNORE_INDEX, ChatTemplate, Renderer
-from self_model.tracking import setup_tracking, tensorboard_dir
+from self_model.tracking import finish_runs, setup_tracking, start_runs, tensorboard_dir
 
 logger = logging.getLogger("self_model")
 
@@ -42,6 +42,22 @@ def build_training_args(cfg: RunConfig, args_class: type, **owned: Any):
         return args_class(**values, **owned, report_to=report_to)
     except ValueError as err:
         raise ConfigError([f"training_args: {str(err).strip()}"], cfg.source) from None
+
+
+def fit(trainer, run: RunDir, eval_before: bool) -> dict:
+    """Train (resuming when asked), evaluating before (optional) and after; trackers are closed whatever happens."""
+    args = trainer.args
+    start_runs(args.report_to, args.output_dir, args.run_name)
+    metrics = {}
+    try:
+        if trainer.eval_dataset is not None and eval_before:
+            metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+        metrics.update(trainer.train(resume_from_checkpoint=run.resume_checkpoint).metrics)
+        if trainer.eval_dataset is not None:
+            metrics.update(trainer.evaluate())
+    finally:
+        finish_runs(args.report_to)
+    return metrics
 
 
 def describe_metrics(metrics: dict) -> str:

@@ -213,9 +213,10 @@ def encode_conversation(
 ) -> Encoded:
     """Render, tokenize once, and label only the trained spans; truncate to max_length."""
     text, spans = renderer.render(messages)
-    if isinstance(renderer, ChatTemplate) and renderer.append_eos and tokenizer.eos_token:
-        spans = [*spans[:-1], (spans[-1][0], spans[-1][1] + len(tokenizer.eos_token))] if spans else spans
+    ends_with_reply = bool(messages) and messages[-1]["role"] == "assistant"
+    if isinstance(renderer, ChatTemplate) and renderer.append_eos and tokenizer.eos_token and ends_with_reply:
         text += tokenizer.eos_token
+        spans = [*spans[:-1], (spans[-1][0], len(text))]  # the last reply, through the EOS appended after it
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = encoding["input_ids"]
     if train_on == "everything":

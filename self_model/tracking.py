@@ -13,17 +13,18 @@ from omegaconf import OmegaConf
 
 from self_model.config import REPO_ROOT, SECRET_KEY_PATTERN
 from self_model.errors import ConfigError
+from self_model.runs import is_main_process
 
 TRACE_CONFIG_DIR = REPO_ROOT / "config" / "trace_config"
 # settings key -> environment variable read by the transformers integration
 ENV_KEYS = {
     "wandb": {"project": "WANDB_PROJECT", "entity": "WANDB_ENTITY", "mode": "WANDB_MODE", "dir": "WANDB_DIR",
               "log_model": "WANDB_LOG_MODEL", "run_group": "WANDB_RUN_GROUP"},
-    "swanlab": {"project": "SWANLAB_PROJECT", "workspace": "SWANLAB_WORKSPACE", "mode": "SWANLAB_MODE",
-                "log_dir": "SWANLAB_LOG_DIR", "log_model": "SWANLAB_LOG_MODEL"},
+    # swanlab >= 0.10 parses its SWANLAB_* variables as structured settings: its settings go to swanlab.init instead
+    "swanlab": {"project": None, "workspace": None, "mode": None, "log_dir": None},
     "tensorboard": {"log_dir": None},
 }
-MODES = {"wandb": ("online", "offline", "disabled"), "swanlab": ("cloud", "local", "offline", "disabled")}
+MODES = {"wandb": ("online", "offline", "disabled"), "swanlab": ("online", "local", "offline", "disabled")}
 
 
 def load_settings(backend: str, settings_dir: Path = TRACE_CONFIG_DIR) -> dict:
@@ -54,19 +55,39 @@ def setup_tracking(backends: list[str], output_dir: str, run_name: str | None = 
             env = ENV_KEYS[backend][key]
             if env and value is not None:
                 os.environ.setdefault(env, str(value))
-        if backend == "swanlab":
-            os.environ.setdefault("SWANLAB_LOG_DIR", str(Path(output_dir) / "swanlog"))
         if backend == "wandb":
             os.environ.setdefault("WANDB_DIR", output_dir)
             if os.environ.get("WANDB_MODE", "online") == "online" and not os.environ.get("WANDB_API_KEY"):
                 raise ConfigError(["trace: wandb is online but WANDB_API_KEY is not set; export it, or set mode: offline "
                                    "in config/trace_config/wandb.yaml"], "environment")
-        if backend == "swanlab" and os.environ.get("SWANLAB_MODE", "cloud") == "cloud" and not os.environ.get("SWANLAB_API_KEY"):
-            raise ConfigError(["trace: swanlab is in cloud mode but SWANLAB_API_KEY is not set; export it, or set "
-                               "mode: local (or offline) in config/trace_config/swanlab.yaml"], "environment")
+        if backend == "swanlab" and settings.get("mode", "online") == "online" and not os.environ.get("SWANLAB_API_KEY"):
+            raise ConfigError(["trace: swanlab is online but SWANLAB_API_KEY is not set; export it, or set "
+                               "mode: offline (or local) in config/trace_config/swanlab.yaml"], "environment")
     if run_name and "wandb" in backends:
         os.environ.setdefault("WANDB_NAME", run_name)
     return backends or ["none"]
+
+
+def start_runs(report_to: list[str], output_dir: str, run_name: str | None) -> None:
+    """Open the tracker runs the trainer callbacks expect to exist (rank 0 only)."""
+    if "swanlab" not in report_to or not is_main_process():
+        return
+    import swanlab
+
+    # transformers 5.10's SwanLabCallback asks swanlab.get_run(), which raises (swanlab >= 0.10) until a run exists.
+    try:
+        swanlab.get_run()
+    except RuntimeError:
+        settings = load_settings("swanlab")
+        settings.setdefault("log_dir", str(Path(output_dir) / "swanlog"))
+        swanlab.init(**settings, name=run_name)
+
+
+def finish_runs(report_to: list[str]) -> None:
+    if "swanlab" in report_to and is_main_process():
+        import swanlab
+
+        swanlab.finish()
 
 
 def tensorboard_dir(output_dir: str) -> str | None:

@@ -21,6 +21,7 @@ from self_model.runs import RunDir  # noqa: E402
 from self_model.stage import (  # noqa: E402
     build_training_args,
     describe_metrics,
+    fit,
     report_data,
     save_final,
     say,
@@ -73,12 +74,7 @@ def train(cfg: RunConfig, dry_run: bool = False) -> SFTTrainer | None:
         processing_class=tokenizer,
         peft_config=build_peft_config(cfg),
     )
-    metrics = {}
-    if data.eval is not None and cfg.eval_before_training:
-        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-    metrics.update(trainer.train(resume_from_checkpoint=run.resume_checkpoint).metrics)
-    if data.eval is not None:
-        metrics.update(trainer.evaluate())
+    metrics = fit(trainer, run, cfg.eval_before_training)
     save_final(trainer, tokenizer, renderer, run, cfg, STAGE.name, {"data": data.manifest(), "metrics": metrics})
     say(f"done: {describe_metrics(metrics)}; saved to {run.path}")
     return trainer
