@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from self_model.errors import ConfigError
@@ -443,6 +443,9 @@ def validate(
         bad("peft.target_modules", f"a list of module names or `all-linear`, got {peft.target_modules!r}")
     if peft.method == "qlora" and not peft.enabled:
         bad("peft.method", "qlora trains adapters: set peft.enabled: true")
+    if peft.enabled and peft.method == "qlora" and cfg.model.init_from_config:
+        bad("peft.method", "qlora quantizes the weights loaded from model_name_or_path, and model.init_from_config "
+            "builds random ones instead: use lora, or save the model and load it through model_name_or_path")
 
     owned = {**SHARED_OWNED_TRAINING_ARGS, **stage.owned_training_args}
     for key, ours in owned.items():

@@ -91,7 +91,7 @@ def test_users_own_config_loads_unchanged(tmp_path, monkeypatch):
 
 
 def test_base_overrides_and_env(tmp_path, monkeypatch):
-    base = write_yaml(tmp_path / "base.yaml", {
+    write_yaml(tmp_path / "base.yaml", {
         "tokenizer_name_or_path": str(TINY_TOKENIZER),
         "model": {"init_from_config": str(TINY_MODEL_CONFIG)},
         "data": {"train_file": str(SFT_TRAIN), "max_length": 64},
@@ -143,6 +143,7 @@ def _problems(tmp_path, data: dict, overrides=()) -> str:
         ({"training_args": {"report_to": "wandb"}}, (), "use `trace` instead"),
         ({"training_args": {"max_length": 64}}, (), "use `data.max_length` instead"),
         ({"peft": {"method": "qlora", "enabled": False}}, (), "qlora trains adapters"),
+        ({"peft": {"method": "qlora", "enabled": True}}, (), "qlora quantizes the weights loaded from model_name_or_path"),
         ({"data": {"eval_split": 1.5}}, (), "data.eval_split"),
         ({"resume": True, "overwrite": True}, (), "resume and overwrite exclude each other"),
     ],
