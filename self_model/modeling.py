@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,9 @@ def check_environment(cfg: RunConfig, training_args: dict[str, Any]) -> list[str
         if training_args.get("bf16"):
             notices.append("training_args.bf16: no GPU here, training in float32 instead")
         training_args["bf16"] = False  # TRL defaults bf16 on, which transformers refuses on CPU
+    if not has_cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # without use_cpu, transformers treats each CPU process as a separate single-process run (no DDP)
+        training_args.setdefault("use_cpu", True)
     if training_args.get("deepspeed") and not has_cuda:
         raise UserError("training_args.deepspeed needs CUDA GPUs; remove it to train on CPU")
     return notices
@@ -80,8 +84,11 @@ def _torch_dtype(cfg: RunConfig, training_args):
 
     if cfg.model.dtype != "auto":
         return getattr(torch, DTYPES[cfg.model.dtype])
-    if cfg.model.init_from_config or (training_args.fp16 and not cfg.peft.enabled):
-        # fp16 mixed precision keeps float32 master weights for full training
+    if cfg.peft.enabled and (training_args.bf16 or training_args.fp16):
+        # frozen base weights need no float32 master copy; PEFT keeps the adapters in float32
+        return torch.bfloat16 if training_args.bf16 else torch.float16
+    if cfg.model.init_from_config or training_args.fp16:
+        # full training in mixed precision keeps float32 master weights
         return torch.float32
     return "auto"
 

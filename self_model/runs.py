@@ -25,7 +25,8 @@ from self_model.config import REPO_ROOT, RunConfig
 from self_model.errors import UserError
 
 DRY_RUN_FILES = {"preview.jsonl", "dry_run_config.yaml"}
-VERSIONED_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "deepspeed", "verl", "vllm")
+VERSIONED_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "deepspeed", "bitsandbytes",
+                      "liger-kernel", "verl", "vllm")
 
 
 def is_main_process() -> bool:
@@ -90,6 +91,7 @@ class RunDir:
             "python": platform.python_version(),
             "versions": package_versions(),
             "device": device_description(),
+            "processes": int(os.environ.get("WORLD_SIZE", "1")),
             **extra,
         }
         target = self.path / "manifest.json"

@@ -53,10 +53,14 @@ def write_yaml(path: Path, data: dict) -> Path:
 
 def run_script(script: str, *args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a stage script as a user would; returns the completed process (text output)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(
-        [sys.executable, str(REPO / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(REPO / script), *args], cwd=cwd, env=script_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+def script_env() -> dict[str, str]:
+    """The environment for a script under test: offline, unbuffered, no trackers."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def tiny_sft_config(tmp_path: Path, **sections) -> dict:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import SFT_TRAIN, TINY_TOKENIZER, run_script, tiny_sft_config, write_yaml
+from conftest import REPO, SFT_TRAIN, TINY_TOKENIZER, run_script, script_env, tiny_sft_config, write_yaml
 
 from self_model.config import load_config_file
 from self_model.fine_tuning.train_finetune import STAGE, train
@@ -169,8 +171,10 @@ def test_resume_without_checkpoint_is_refused(tmp_path):
 def test_qlora_on_cpu_says_it_needs_a_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("has a GPU")
-    path = write_yaml(tmp_path / "sft.yaml", tiny_sft_config(tmp_path, peft={"enabled": True, "method": "qlora"}))
-    result = run_script(SFT_SCRIPT, "--config", str(path))
+    config = tiny_sft_config(
+        tmp_path, model_name_or_path=str(tmp_path), model={"init_from_config": None}, peft={"enabled": True, "method": "qlora"}
+    )
+    result = run_script(SFT_SCRIPT, "--config", str(write_yaml(tmp_path / "sft.yaml", config)))
     assert result.returncode == 2 and "qlora needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -181,3 +185,16 @@ def test_fp16_on_cpu_trains_in_float32(tmp_path):
     result = run_script(SFT_SCRIPT, "--config", str(path))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "fp16: no GPU here, training in float32" in result.stdout
+
+
+def test_torchrun_two_processes_share_the_data_and_rank0_writes(tmp_path):
+    config = tiny_sft_config(tmp_path, training_args={"max_steps": 6, "per_device_train_batch_size": 4})
+    path = write_yaml(tmp_path / "sft.yaml", config)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", SFT_SCRIPT, "--config", str(path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=script_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("done: ") == 1  # only rank 0 talks
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["processes"] == 2
+    # 6 steps x 4 rows x 2 processes = 48 of the 96 rows: the data is sharded, not trained twice
+    assert manifest["metrics"]["epoch"] == pytest.approx(0.5)
