@@ -198,3 +198,11 @@ def test_torchrun_two_processes_share_the_data_and_rank0_writes(tmp_path):
     assert manifest["processes"] == 2
     # 6 steps x 4 rows x 2 processes = 48 of the 96 rows: the data is sharded, not trained twice
     assert manifest["metrics"]["epoch"] == pytest.approx(0.5)
+
+
+def test_hub_model_unavailable_offline_says_so(tmp_path):
+    config = tiny_sft_config(tmp_path, model_name_or_path="no-such-org/no-such-model", tokenizer_name_or_path=None,
+                             model={"init_from_config": None})
+    result = run_script(SFT_SCRIPT, "--config", str(write_yaml(tmp_path / "sft.yaml", config)))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "'no-such-org/no-such-model' is not available locally" in result.stderr and "Traceback" not in result.stderr

@@ -1,17 +1,20 @@
-"""SFT on a CUDA GPU: bf16 full training and QLoRA (4-bit base weights) on the tiny model. Skipped without CUDA."""
+"""SFT on a CUDA GPU: bf16 full training, QLoRA (4-bit base weights), DeepSpeed ZeRO-2/3, on the tiny model. Skipped without CUDA."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_sft_config, write_yaml
+from conftest import REPO, script_env, tiny_sft_config, write_yaml
 
 from self_model.config import load_config_file
 from self_model.fine_tuning.train_finetune import STAGE, train
 
 pytestmark = pytest.mark.gpu
+SFT_SCRIPT = "self_model/fine_tuning/train_finetune.py"
 
 
 def run(tmp_path, **sections):
@@ -42,3 +45,18 @@ def test_qlora_trains_4bit_base_and_saves_adapter(tmp_path):
     assert quantized, "no 4-bit layers: the base model was not quantized"
     assert metrics["eval_loss"] < metrics["eval_loss_before"]
     assert (tmp_path / "out" / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("zero", ["ds_z2_config.json", "ds_z3_config.json"])
+def test_deepspeed_zero_configs_train_and_save(tmp_path, zero):
+    pytest.importorskip("deepspeed")
+    ds_config = REPO / "config" / "self_model_config" / "deepspeed" / zero
+    config = tiny_sft_config(tmp_path, eval_before_training=True,
+                             training_args={"bf16": True, "max_steps": 20, "deepspeed": str(ds_config)})
+    path = write_yaml(tmp_path / "sft.yaml", config)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", SFT_SCRIPT, "--config", str(path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=script_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "manifest.json").read_text())["metrics"]
+    assert metrics["eval_loss"] < metrics["eval_loss_before"] - 1.0
+    assert (tmp_path / "out" / "model.safetensors").is_file()  # ZeRO-3 gathers the 16-bit weights on save
