@@ -59,8 +59,8 @@ class ModelArgs:
 
 
 @dataclass
-class DataArgs:
-    """Where the data comes from and how it becomes training examples."""
+class DataSourceArgs:
+    """Where the rows come from; every stage's `data` section has these."""
 
     train_file: str | list[str] | None = _help(
         "Training data: local JSONL/JSON/Parquet/CSV files or dataset ids; `name#N` takes N rows; a list mixes sources.",
@@ -68,6 +68,23 @@ class DataArgs:
     )
     eval_file: str | list[str] | None = _help("Evaluation data, same forms as train_file.", None)
     eval_split: float = _help("Share of the training rows held out for evaluation when no eval_file is given.", 0.0)
+    bad_rows: Literal["fail", "skip"] = _help(
+        "A malformed row stops the run (`fail`, naming file and line) or is counted and skipped.", "fail"
+    )
+    preview_examples: int = _help("Examples printed (trained tokens highlighted) by --dry-run.", 2)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Rules within this section, as (key, message)."""
+        return []
+
+
+SFT_ROW_KEYS = ("messages", "conversations", "system", "instruction", "input", "output", "history")
+
+
+@dataclass
+class DataArgs(DataSourceArgs):
+    """Conversation data for SFT: row formats, length, which tokens are trained."""
+
     format: Literal["auto", "messages", "sharegpt", "alpaca", "input_output"] = _help(
         "Row format; `auto` detects it from each row's keys.", "auto"
     )
@@ -81,10 +98,52 @@ class DataArgs:
     train_on: Literal["all_assistant", "last_assistant", "everything"] = _help(
         "Which tokens carry loss: every assistant turn, the last one, or the whole text.", "all_assistant"
     )
-    bad_rows: Literal["fail", "skip"] = _help(
-        "A malformed row stops the run (`fail`, naming file and line) or is counted and skipped.", "fail"
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.max_length < 8:
+            found.append(("data.max_length", f"must be at least 8, got {self.max_length}"))
+        for key in sorted(set(self.keys) - set(SFT_ROW_KEYS)):
+            found.append((f"data.keys.{key}", f"unknown field name (valid: {', '.join(SFT_ROW_KEYS)})"))
+        return found
+
+
+@dataclass
+class TextDataArgs(DataSourceArgs):
+    """Plain text for continued pretraining: documents joined with EOS and cut into blocks."""
+
+    train_file: str | list[str] | None = _help(
+        "Training text: .jsonl/.json/.parquet/.csv rows, .txt files or dataset ids; `name#N` takes N documents; "
+        "a list mixes sources.",
+        None,
     )
-    preview_examples: int = _help("Examples printed (trained tokens highlighted) by --dry-run.", 2)
+    text_fields: list[str] = _help(
+        "Fields holding a row's text; the first present one wins. Rows with none of them that hold a "
+        "conversation (messages, conversations, alpaca fields) are flattened to text.",
+        ["text"],
+    )
+    txt_documents: Literal["line", "blank_line"] = _help(
+        "How a .txt file splits into documents: one per line, or blocks separated by blank lines.", "line"
+    )
+    block_size: int = _help("Tokens per training sequence; the last partial block is padded and its padding masked.", 1024)
+    streaming: bool = _help(
+        "Read the training files lazily (corpora larger than memory); needs training_args.max_steps.", False
+    )
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.block_size < 8:
+            found.append(("data.block_size", f"must be at least 8, got {self.block_size}"))
+        if not self.text_fields:
+            found.append(("data.text_fields", "name at least one field"))
+        if self.streaming and self.eval_split:
+            found.append(("data.eval_split", "a streamed corpus cannot be split: give an eval_file instead"))
+        if self.streaming:
+            for spec in [self.train_file] if isinstance(self.train_file, str) else self.train_file or []:
+                if re.search(r"#\d+$", spec):
+                    found.append(("data.train_file", f"{spec}: `#N` sampling reads the whole source; not available "
+                                  "with data.streaming (take a slice of the file instead)"))
+        return found
 
 
 PEFT_METHODS = ("lora", "dora", "qlora")
@@ -118,7 +177,7 @@ class RunConfig:
     resume: bool | str = _help("Resume from the last checkpoint in output_dir (true) or from this checkpoint path.", False)
     eval_before_training: bool = _help("Evaluate once before training, to report the eval loss before and after.", False)
     model: ModelArgs = field(default_factory=ModelArgs)
-    data: DataArgs = field(default_factory=DataArgs)
+    data: DataSourceArgs = field(default_factory=DataArgs)  # the stage's data class (StageSpec.data_class)
     peft: PeftArgs = field(default_factory=PeftArgs)
     training_args: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, Any] = field(default_factory=dict)
@@ -140,6 +199,9 @@ class StageSpec:
     # training_args fields our own sections set; the value names the key to use instead.
     owned_training_args: dict[str, str] = field(default_factory=dict)
     default_output_dir: str = "checkpoints/run"
+    data_class: type = DataArgs
+    # the stage's own cross-field rules: (config) -> [(key, message)]
+    checks: typing.Callable[[RunConfig], list[tuple[str, str]]] | None = None
 
 
 SHARED_OWNED_TRAINING_ARGS = {"report_to": "trace", "resume_from_checkpoint": "resume"}
@@ -428,11 +490,8 @@ def validate(
         bad("data.eval_split", f"must be in [0, 1), got {data.eval_split}")
     if data.eval_file and data.eval_split:
         bad("data.eval_split", f"set eval_file or eval_split ({data.eval_split}), not both")
-    if data.max_length < 8:
-        bad("data.max_length", f"must be at least 8, got {data.max_length}")
-    unknown_keys = set(data.keys) - {"messages", "conversations", "system", "instruction", "input", "output", "history"}
-    for key in sorted(unknown_keys):
-        bad(f"data.keys.{key}", "unknown field name (valid: messages, conversations, system, instruction, input, output, history)")
+    for key, message in data.problems() + (stage.checks(cfg) if stage.checks else []):
+        bad(key, message)
 
     peft = cfg.peft
     if peft.lora_r <= 0:
@@ -512,8 +571,13 @@ def load_config_file(
 
     problems: list[str] = []
     shared_fields = [f.name for f in dataclasses.fields(RunConfig) if f.name not in INTERNAL_FIELDS]
-    shared = {k: v for k, v in resolved.items() if k in shared_fields}
+    shared = {k: v for k, v in resolved.items() if k in shared_fields and k != "data"}
     checked = _check_fields(shared, RunConfig, "", origin_of, problems)
+    data = resolved.get("data") or {}
+    if not isinstance(data, dict):
+        problems.append(f"data{origin_of('data')}: expected a section (a mapping)")
+        data = {}
+    checked_data = _check_fields(data, stage.data_class, "data.", origin_of, problems)
 
     sections = {}
     for name, cls in stage.sections.items():
@@ -543,6 +607,7 @@ def load_config_file(
         if key not in known:
             problems.append(f"{key}{origin_of(key)}: unknown key{_closest(key, sorted(known))}")
     cfg = _build(RunConfig, checked)
+    cfg.data = _build(stage.data_class, checked_data)
     cfg.training_args = checked_ta
     cfg.sections = {name: _build(stage.sections[name], values) for name, values in sections.items()}
     cfg.source = source

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from self_model.config import DataArgs
+from self_model.config import DataArgs, DataSourceArgs
 from self_model.errors import DataError
 from self_model.templates import IGNORE_INDEX, Renderer, encode_conversation
 
-FILE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+FILE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "txt"}
 SAMPLE_SUFFIX = re.compile(r"^(?P<path>.+?)#(?P<n>\d+)$")
 ROLE_ALIASES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
 DEFAULT_KEYS = {k: k for k in ("messages", "conversations", "system", "instruction", "input", "output", "history")}
@@ -95,18 +95,48 @@ def _read_json(path: Path) -> Iterator[Row]:
 
 
 def _read_table(path: Path, kind: str) -> Iterator[Row]:
+    """Parquet and CSV rows, read in batches so a large file need not fit in memory."""
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        index = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for record in batch.to_pylist():
+                yield Row(record, f"{path}:row {index}")
+                index += 1
+        return
     import pandas as pd
 
-    frame = pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
-    for index, record in enumerate(frame.to_dict(orient="records")):
-        yield Row(record, f"{path}:row {index + (2 if kind == 'csv' else 0)}")
+    index = 2  # line 1 is the header
+    for chunk in pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=4096):
+        for record in chunk.to_dict(orient="records"):
+            yield Row(record, f"{path}:row {index}")
+            index += 1
 
 
-def _read_hub(name: str) -> Iterator[Row]:
+def _read_txt(path: Path, documents: str) -> Iterator[Row]:
+    """Plain text: one document per non-empty line, or per block of lines separated by blank lines."""
+    with path.open(encoding="utf-8") as handle:
+        block, start = [], 0
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip("\n")
+            if documents == "line":
+                if line.strip():
+                    yield Row(line, f"{path}:{number}")
+            elif line.strip():
+                block, start = block + [line], start or number
+            elif block:
+                yield Row("\n".join(block), f"{path}:{start}")
+                block, start = [], 0
+        if block:
+            yield Row("\n".join(block), f"{path}:{start}")
+
+
+def _read_hub(name: str, streaming: bool = False) -> Iterator[Row]:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(name, split="train")
+        dataset = datasets.load_dataset(name, split="train", streaming=streaming)
     except Exception as err:  # no network, unknown name, missing config: all end the same way for the user
         raise DataError(
             f"{name}: not a local file and could not be loaded as a dataset id ({type(err).__name__}: "
@@ -116,22 +146,29 @@ def _read_hub(name: str) -> Iterator[Row]:
         yield Row(record, f"{name}[{index}]")
 
 
-def read_source(spec: str, bad: BadRowLog, seed: int = 0) -> list[Row]:
-    """All rows of one source; `#N` draws N rows with a fixed seed (repeating rows when N exceeds the size)."""
-    name, count = split_spec(spec)
+def iter_rows(name: str, bad: BadRowLog, txt_documents: str = "line", streaming: bool = False) -> Iterator[Row]:
+    """The rows of one file or dataset id, read lazily where the format allows."""
     path = Path(name)
     if path.is_file():
         kind = FILE_SUFFIXES.get(path.suffix.lower())
         if kind is None:
-            raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl, .json, .parquet or .csv)")
-        if kind == "json":
-            rows = list(_read_jsonl(path, bad) if path.suffix.lower() == ".jsonl" else _read_json(path))
+            raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl, .json, .parquet, .csv or .txt)")
+        if kind == "txt":
+            yield from _read_txt(path, txt_documents)
+        elif kind == "json":
+            yield from _read_jsonl(path, bad) if path.suffix.lower() == ".jsonl" else _read_json(path)
         else:
-            rows = list(_read_table(path, kind))
+            yield from _read_table(path, kind)
     elif path.exists():
         raise DataError(f"{path}: is a directory; name the data files inside it")
     else:
-        rows = list(_read_hub(name))
+        yield from _read_hub(name, streaming)
+
+
+def read_source(spec: str, bad: BadRowLog, seed: int = 0, txt_documents: str = "line") -> list[Row]:
+    """All rows of one source; `#N` draws N rows with a fixed seed (repeating rows when N exceeds the size)."""
+    name, count = split_spec(spec)
+    rows = list(iter_rows(name, bad, txt_documents))
     if not rows:
         raise DataError(f"{name}: no rows")
     if count is not None:
@@ -276,6 +313,11 @@ class BuiltData:
     fingerprints: dict[str, str]
     texts: dict[str, list[str]]
 
+    def preview_rows(self, tokenizer) -> list[dict]:
+        """Every training example as `text`, `input_ids`, `labels` (the dry run's preview.jsonl)."""
+        return [{"text": text, "input_ids": example["input_ids"], "labels": example["labels"]}
+                for text, example in zip(self.texts["train"], self.train)]
+
     def manifest(self) -> dict:
         """What the run manifest records about the data."""
         return {
@@ -285,10 +327,10 @@ class BuiltData:
         }
 
 
-def load_rows(data: DataArgs, seed: int, bad: BadRowLog) -> tuple[list[Row], list[Row]]:
+def load_rows(data: DataSourceArgs, seed: int, bad: BadRowLog, txt_documents: str = "line") -> tuple[list[Row], list[Row]]:
     """Training and evaluation rows: mixed sources, eval from eval_file or a seeded split."""
-    train = [row for spec in as_list(data.train_file) for row in read_source(spec, bad, seed)]
-    evaluation = [row for spec in as_list(data.eval_file) for row in read_source(spec, bad, seed)]
+    train = [row for spec in as_list(data.train_file) for row in read_source(spec, bad, seed, txt_documents)]
+    evaluation = [row for spec in as_list(data.eval_file) for row in read_source(spec, bad, seed, txt_documents)]
     if data.eval_split and not evaluation:
         order = list(range(len(train)))
         random.Random(seed).shuffle(order)

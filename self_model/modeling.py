@@ -154,5 +154,18 @@ def build_peft_config(cfg: RunConfig, task_type: str = "CAUSAL_LM"):
     )
 
 
+def wrap_peft(model, cfg: RunConfig, training_args):
+    """The model with adapters, for a plain transformers Trainer (TRL's trainers take the peft config themselves)."""
+    if not cfg.peft.enabled:
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.peft.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
+    elif training_args.gradient_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad-carrying input
+    return get_peft_model(model, build_peft_config(cfg))
+
+
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()

@@ -5,18 +5,31 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from self_model.config import RunConfig
-from self_model.data import BuiltData
-from self_model.errors import ConfigError
+from self_model.config import RunConfig, StageSpec, load_config
+from self_model.errors import ConfigError, exit_on_user_error
 from self_model.modeling import check_environment
 from self_model.runs import RunDir, is_main_process
 from self_model.templates import IGNORE_INDEX, ChatTemplate, Renderer
 from self_model.tracking import finish_runs, setup_tracking, start_runs, tensorboard_dir
 
 logger = logging.getLogger("self_model")
+
+
+def stage_main(stage: StageSpec, train: Callable[..., Any]) -> Callable[[list[str] | None], int]:
+    """A stage script's command-line entry: parse the config, run `train(cfg, dry_run=...)`; user errors exit with 2."""
+
+    @exit_on_user_error
+    def main(argv: list[str] | None = None) -> int:
+        setup_logging()
+        cfg, args = load_config(stage, argv)
+        train(cfg, dry_run=args.dry_run)
+        return 0
+
+    return main
 
 
 def setup_logging() -> None:
@@ -66,6 +79,9 @@ def describe_metrics(metrics: dict) -> str:
     if "eval_loss" in metrics:
         before = f"{metrics['eval_loss_before']:.4f} -> " if "eval_loss_before" in metrics else ""
         parts.append(f"eval loss {before}{metrics['eval_loss']:.4f}")
+    if "eval_perplexity" in metrics:
+        before = f"{metrics['eval_perplexity_before']:.2f} -> " if "eval_perplexity_before" in metrics else ""
+        parts.append(f"perplexity {before}{metrics['eval_perplexity']:.2f}")
     if "train_loss" in metrics:
         parts.append(f"train loss {metrics['train_loss']:.4f}")
     return ", ".join(parts) or "no metrics"
@@ -89,28 +105,25 @@ def highlight(tokenizer, input_ids: list[int], labels: list[int]) -> str:
     return "".join(pieces)
 
 
-def report_data(data: BuiltData, tokenizer, preview_examples: int) -> None:
+def report_data(data, tokenizer, preview_examples: int) -> None:
+    """Statistics, skipped rows and the first examples with their trained tokens marked."""
     for split, stats in data.stats.items():
         for line in stats.lines(split):
             say(line)
     if data.bad_rows.total:
         say(data.bad_rows.summary())
-    for index in range(min(preview_examples, len(data.train))):
-        example = data.train[index]
-        say(f"--- example {index} (trained tokens marked) ---\n{highlight(tokenizer, example['input_ids'], example['labels'])}")
+    for index, row in enumerate(data.preview_rows(tokenizer)[:preview_examples]):
+        say(f"--- example {index} (trained tokens marked) ---\n{highlight(tokenizer, row['input_ids'], row['labels'])}")
 
 
-def write_preview(run: RunDir, cfg: RunConfig, data: BuiltData) -> None:
-    rows = [
-        {"text": text, "input_ids": example["input_ids"], "labels": example["labels"]}
-        for text, example in zip(data.texts["train"], data.train)
-    ]
+def write_preview(run: RunDir, cfg: RunConfig, data, tokenizer) -> None:
+    rows = data.preview_rows(tokenizer)
     path = run.write_jsonl("preview.jsonl", rows)
     run.write_yaml("dry_run_config.yaml", cfg.resolved)
     say(f"dry run: {len(rows)} examples written to {path}; no model weights were loaded")
 
 
-def save_final(trainer, tokenizer, renderer: Renderer, run: RunDir, cfg: RunConfig, stage: str, extra: dict) -> None:
+def save_final(trainer, tokenizer, renderer: Renderer | None, run: RunDir, cfg: RunConfig, stage: str, extra: dict) -> None:
     """Save model or adapter, tokenizer with the chat template, resolved config and manifest (rank 0)."""
     trainer.save_model(str(run.path))
     if not trainer.is_world_process_zero():

@@ -13,7 +13,7 @@ from self_model.config import DataArgs
 from self_model.data import BadRowLog, build_sft_data, read_source, row_to_messages
 from self_model.errors import DataError
 from self_model.modeling import set_distinct_pad_token
-from self_model.templates import ChatTemplate, TEMPLATE_DIR
+from self_model.templates import TEMPLATE_DIR, ChatTemplate
 
 KEYS = {k: k for k in ("messages", "conversations", "system", "instruction", "input", "output", "history")}
 EXPECTED = [
@@ -76,9 +76,8 @@ def test_bad_row_reasons(row, reason):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from transformers import AutoTokenizer
-
     from conftest import TINY_TOKENIZER
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
     set_distinct_pad_token(tok)

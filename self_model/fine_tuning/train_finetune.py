@@ -13,9 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script 
 
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
-from self_model.config import RunConfig, StageSpec, load_config  # noqa: E402
+from self_model.config import RunConfig, StageSpec  # noqa: E402
 from self_model.data import build_sft_data  # noqa: E402
-from self_model.errors import exit_on_user_error  # noqa: E402
 from self_model.modeling import build_peft_config, load_model, load_tokenizer, set_stop_tokens  # noqa: E402
 from self_model.runs import RunDir  # noqa: E402
 from self_model.stage import (  # noqa: E402
@@ -25,7 +24,7 @@ from self_model.stage import (  # noqa: E402
     report_data,
     save_final,
     say,
-    setup_logging,
+    stage_main,
     write_preview,
 )
 from self_model.templates import load_renderer  # noqa: E402
@@ -44,14 +43,6 @@ STAGE = StageSpec(
 )
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    cfg, args = load_config(STAGE, argv)
-    train(cfg, dry_run=args.dry_run)
-    return 0
-
-
 def train(cfg: RunConfig, dry_run: bool = False) -> SFTTrainer | None:
     """Run the stage; returns the trainer (None for a dry run)."""
     run = RunDir.prepare(cfg, dry_run=dry_run)
@@ -61,7 +52,7 @@ def train(cfg: RunConfig, dry_run: bool = False) -> SFTTrainer | None:
     data = build_sft_data(cfg.data, tokenizer, renderer, training_args.seed)
     report_data(data, tokenizer, cfg.data.preview_examples)
     if dry_run:
-        write_preview(run, cfg, data)
+        write_preview(run, cfg, data, tokenizer)
         return None
 
     model = load_model(cfg, tokenizer, training_args)
@@ -79,6 +70,8 @@ def train(cfg: RunConfig, dry_run: bool = False) -> SFTTrainer | None:
     say(f"done: {describe_metrics(metrics)}; saved to {run.path}")
     return trainer
 
+
+main = stage_main(STAGE, train)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,176 @@
+"""Pretraining text: rows -> documents -> token ids joined with EOS -> blocks of `block_size` tokens.
+
+The same generator makes the blocks for the in-memory and the streaming dataset, so both paths give
+identical blocks for the same input. Documents run across block boundaries (as in Hugging Face's
+run_clm); the last, shorter block is kept, and the collator pads it and masks the padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from self_model.config import TextDataArgs
+from self_model.data import (
+    DEFAULT_KEYS,
+    BadRow,
+    BadRowLog,
+    Row,
+    as_list,
+    fingerprint,
+    iter_rows,
+    load_rows,
+    row_to_messages,
+)
+from self_model.errors import DataError
+
+TOKENIZE_BATCH = 256  # documents per tokenizer call (the fast tokenizer encodes a batch in parallel)
+
+
+@dataclass
+class TextStats:
+    documents: int = 0
+    tokens: int = 0
+    blocks: int = 0
+    last_block_tokens: int = 0
+    partial: bool = False  # counted over a prefix of a streamed corpus
+
+    def lines(self, split: str) -> list[str]:
+        scope = " (first blocks of the stream)" if self.partial else ""
+        tail = f"; last block {self.last_block_tokens} tokens, padded and masked" if self.last_block_tokens else ""
+        return [f"[{split}] documents {self.documents}, tokens {self.tokens}, blocks {self.blocks}{tail}{scope}"]
+
+
+def row_text(row: Row, text_fields: list[str]) -> str:
+    """A row's text: a plain string, the first present text field, or a conversation's contents joined by newlines."""
+    if isinstance(row.data, str):
+        return row.data
+    if not isinstance(row.data, dict):
+        raise BadRow(f"a row must be a JSON object or a line of text, got {type(row.data).__name__}")
+    for name in text_fields:
+        value = row.data.get(name)
+        if isinstance(value, str) and value.strip():
+            return value
+    try:
+        messages = row_to_messages(row.data, "auto", DEFAULT_KEYS)
+    except BadRow as err:
+        raise BadRow(f"no text in fields {', '.join(text_fields)} and not a conversation ({err})") from None
+    return "\n".join(message["content"] for message in messages)
+
+
+def documents(rows: Iterable[Row], text_fields: list[str], bad: BadRowLog) -> Iterator[str]:
+    for row in rows:
+        try:
+            text = row_text(row, text_fields)
+        except BadRow as err:
+            bad.record(row.where, str(err))
+            continue
+        if text.strip():
+            yield text
+        else:
+            bad.record(row.where, "empty text")
+
+
+def document_ids(docs: Iterable[str], tokenizer) -> Iterator[list[int]]:
+    """Token ids of each document followed by EOS (and preceded by BOS where the tokenizer adds one)."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and _adds_bos(tokenizer) else []
+    eos = [tokenizer.eos_token_id]
+    batch: list[str] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == TOKENIZE_BATCH:
+            yield from (bos + ids + eos for ids in tokenizer(batch, add_special_tokens=False)["input_ids"])
+            batch = []
+    if batch:
+        yield from (bos + ids + eos for ids in tokenizer(batch, add_special_tokens=False)["input_ids"])
+
+
+def _adds_bos(tokenizer) -> bool:
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def blocks(docs: Iterable[str], tokenizer, block_size: int, stats: TextStats) -> Iterator[dict[str, list[int]]]:
+    """Concatenate the documents' ids and cut them into blocks; the remainder becomes a last, shorter block."""
+    buffer: list[int] = []
+    for ids in document_ids(docs, tokenizer):
+        stats.documents += 1
+        stats.tokens += len(ids)
+        buffer.extend(ids)
+        while len(buffer) >= block_size:
+            stats.blocks += 1
+            yield {"input_ids": buffer[:block_size]}
+            buffer = buffer[block_size:]
+    if buffer:
+        stats.blocks += 1
+        stats.last_block_tokens = len(buffer)
+        yield {"input_ids": buffer}
+
+
+@dataclass
+class BuiltText:
+    train: Any
+    eval: Any | None
+    stats: dict[str, TextStats]
+    bad_rows: BadRowLog
+    fingerprints: dict[str, str]
+    streaming: bool = False
+    preview: list[dict] = field(default_factory=list)
+
+    def preview_rows(self, tokenizer) -> list[dict]:
+        """The first training blocks as `text`, `input_ids`, `labels` (every token is trained)."""
+        return [{"text": tokenizer.decode(block["input_ids"]), "input_ids": block["input_ids"],
+                 "labels": block["input_ids"]} for block in self.preview]
+
+    def manifest(self) -> dict:
+        stats = {} if self.streaming else {split: vars(s) for split, s in self.stats.items()}
+        return {"fingerprints": self.fingerprints, "streaming": self.streaming, "stats": stats,
+                "skipped_rows": dict(self.bad_rows.counts)}
+
+
+def _materialise(docs: Iterable[str], tokenizer, data: TextDataArgs, split: str) -> tuple[Any, TextStats]:
+    import datasets
+
+    stats = TextStats()
+    rows = [block["input_ids"] for block in blocks(docs, tokenizer, data.block_size, stats)]
+    if not rows:
+        raise DataError(f"no {split} text left (every row was empty or skipped)")
+    return datasets.Dataset.from_dict({"input_ids": rows}), stats
+
+
+def stream_documents(data: TextDataArgs, bad: BadRowLog) -> Iterator[str]:
+    """Documents of every training source in order, read lazily."""
+    for spec in as_list(data.train_file):
+        yield from documents(iter_rows(spec, bad, data.txt_documents, streaming=True), data.text_fields, bad)
+
+
+def build_text_data(data: TextDataArgs, tokenizer, seed: int, preview_blocks: int = 0) -> BuiltText:
+    """Training (in memory or streamed) and evaluation blocks; `preview_blocks` of training kept for the preview."""
+    import datasets
+
+    bad = BadRowLog(data.bad_rows)
+    fingerprints = {spec: fingerprint(spec) for spec in as_list(data.train_file) + as_list(data.eval_file)}
+    stats: dict[str, TextStats] = {}
+    if data.streaming:
+        eval_rows = [row for spec in as_list(data.eval_file) for row in iter_rows(spec, bad, data.txt_documents)]
+
+        def generate():
+            yield from blocks(stream_documents(data, bad), tokenizer, data.block_size, TextStats())
+
+        train = datasets.IterableDataset.from_generator(generate)
+        preview_stats = TextStats(partial=True)
+        head = blocks(stream_documents(data, bad), tokenizer, data.block_size, preview_stats)
+        preview = [block for _, block in zip(range(max(preview_blocks, 1)), head)]
+        if not preview:
+            raise DataError("no training text in the stream (every row was empty or skipped)")
+        stats["train"] = preview_stats
+    else:
+        train_rows, eval_rows = load_rows(data, seed, bad, data.txt_documents)
+        train, stats["train"] = _materialise(documents(train_rows, data.text_fields, bad), tokenizer, data, "train")
+        preview = [train[i] for i in range(min(preview_blocks, len(train)))]
+    evaluation = None
+    if eval_rows:
+        evaluation, stats["eval"] = _materialise(documents(eval_rows, data.text_fields, bad), tokenizer, data, "eval")
+    return BuiltText(train, evaluation, stats, bad, fingerprints, data.streaming, preview)
+
