@@ -11,10 +11,11 @@ everything is written.
 New tokens are BPE merges appended after the base's merges, not `tokenizer.add_tokens`: added tokens are matched
 in the raw text before pre-tokenization, so they cut words anywhere and change how the text around them splits.
 A BPE applies its merges lowest rank first, so with the new merges ranked last it first reaches the base's split
-of every word and then only joins neighbouring pieces into new tokens. Hence every old id is unchanged, every
-merged tokenization is a coarsening of the base one (never more tokens), and text that uses no new token
-tokenizes exactly as before. The tokens come from a BPE trained on the domain text with the base's normalizer and
-pre-tokenizer, taken in merge order, kept when the base lacks them and one merge of two pieces can make them.
+of every word and then, as no old merge takes a new token, only joins neighbouring pieces into new tokens. Hence
+every old id is unchanged, every merged tokenization is a coarsening of the base one (never more tokens), and
+text that uses no new token tokenizes exactly as before. The tokens come from a BPE trained on the domain text
+with the base's normalizer and pre-tokenizer, taken in merge order, kept when the base lacks them and one merge
+of two pieces can make them.
 
 A new token's embedding (and LM-head row when untied) starts as the mean of the rows of the base tokenizer's
 pieces of that token (`--init mean_of_pieces`) or of all old rows (`--init mean`); old rows are untouched, so the
