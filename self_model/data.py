@@ -1,5 +1,8 @@
 """Read data sources (files, dataset ids, `name#N` sampling), normalise rows, and build SFT examples.
 
+`iter_source` streams a source row by row (JSONL, TXT, Parquet, CSV; a .json file is one list and is read whole);
+`read_source` collects it and applies `#N` sampling.
+
 Every row carries its location (`file:line`) so a bad row is reported where the user can find it.
 With `bad_rows: fail` the first bad row stops the run; with `skip` rows are counted by reason.
 """
@@ -20,7 +23,7 @@ from self_model.config import DataArgs
 from self_model.errors import DataError
 from self_model.templates import IGNORE_INDEX, Renderer, encode_conversation
 
-FILE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+FILE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 SAMPLE_SUFFIX = re.compile(r"^(?P<path>.+?)#(?P<n>\d+)$")
 ROLE_ALIASES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
 DEFAULT_KEYS = {k: k for k in ("messages", "conversations", "system", "instruction", "input", "output", "history")}
@@ -43,13 +46,15 @@ class BadRowLog:
     policy: str
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    max_examples: int = 3
+    fix_hint: str = "set data.bad_rows: skip to count and skip such rows"
 
     def record(self, where: str, reason: str) -> None:
         if self.policy == "fail":
-            raise DataError(f"{where}: {reason} (fix the row, or set data.bad_rows: skip to count and skip such rows)")
+            raise DataError(f"{where}: {reason} (fix the row, or {self.fix_hint})")
         self.counts[reason] += 1
         self.examples.setdefault(reason, [])
-        if len(self.examples[reason]) < 3:
+        if len(self.examples[reason]) < self.max_examples:
             self.examples[reason].append(where)
 
     @property
@@ -94,12 +99,32 @@ def _read_json(path: Path) -> Iterator[Row]:
         yield Row(item, f"{path}[{index}]")
 
 
+def _read_text(path: Path) -> Iterator[Row]:
+    """One document per non-empty line, as a pretraining row."""
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield Row({"text": line.rstrip("\n")}, f"{path}:{number}")
+
+
 def _read_table(path: Path, kind: str) -> Iterator[Row]:
+    """Parquet by record batch (nested columns come back as Python lists), CSV in chunks of text columns."""
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        index = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for record in batch.to_pylist():
+                yield Row(record, f"{path}:row {index}")
+                index += 1
+        return
     import pandas as pd
 
-    frame = pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
-    for index, record in enumerate(frame.to_dict(orient="records")):
-        yield Row(record, f"{path}:row {index + (2 if kind == 'csv' else 0)}")
+    index = 0
+    for frame in pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=4096):
+        for record in frame.to_dict(orient="records"):
+            yield Row(record, f"{path}:row {index + 2}")  # line 1 is the header
+            index += 1
 
 
 def _read_hub(name: str) -> Iterator[Row]:
@@ -116,22 +141,29 @@ def _read_hub(name: str) -> Iterator[Row]:
         yield Row(record, f"{name}[{index}]")
 
 
-def read_source(spec: str, bad: BadRowLog, seed: int = 0) -> list[Row]:
-    """All rows of one source; `#N` draws N rows with a fixed seed (repeating rows when N exceeds the size)."""
-    name, count = split_spec(spec)
+def iter_source(name: str, bad: BadRowLog) -> Iterator[Row]:
+    """The rows of one local file or dataset id, in order; malformed JSONL lines go to `bad`."""
     path = Path(name)
     if path.is_file():
         kind = FILE_SUFFIXES.get(path.suffix.lower())
         if kind is None:
-            raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl, .json, .parquet or .csv)")
+            raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl, .json, .parquet, .csv or .txt)")
         if kind == "json":
-            rows = list(_read_jsonl(path, bad) if path.suffix.lower() == ".jsonl" else _read_json(path))
+            yield from _read_jsonl(path, bad) if path.suffix.lower() == ".jsonl" else _read_json(path)
+        elif kind == "text":
+            yield from _read_text(path)
         else:
-            rows = list(_read_table(path, kind))
+            yield from _read_table(path, kind)
     elif path.exists():
         raise DataError(f"{path}: is a directory; name the data files inside it")
     else:
-        rows = list(_read_hub(name))
+        yield from _read_hub(name)
+
+
+def read_source(spec: str, bad: BadRowLog, seed: int = 0) -> list[Row]:
+    """All rows of one source; `#N` draws N rows with a fixed seed (repeating rows when N exceeds the size)."""
+    name, count = split_spec(spec)
+    rows = list(iter_source(name, bad))
     if not rows:
         raise DataError(f"{name}: no rows")
     if count is not None:
@@ -202,33 +234,45 @@ def detect_format(row: dict, keys: dict[str, str]) -> str:
     raise BadRow(f"cannot tell the format from its keys {sorted(row)[:8]} (set data.format and data.keys)")
 
 
-def row_to_messages(row: Any, data_format: str, keys: dict[str, str]) -> list[dict[str, str]]:
-    """One row in any supported SFT format -> a checked OpenAI-style message list."""
+def row_to_messages(row: Any, data_format: str, keys: dict[str, str], check: bool = True) -> list[dict[str, str]]:
+    """One row in any supported SFT format -> an OpenAI-style message list, checked unless `check` is False."""
     if not isinstance(row, dict):
         raise BadRow(f"a row must be a JSON object, got {type(row).__name__}")
     fmt = detect_format(row, keys) if data_format == "auto" else data_format
-    system = row.get(keys["system"]) if isinstance(row.get(keys["system"]), str) else ""
     if fmt == "messages":
         messages = _turns(row.get(keys["messages"]), "role", "content", keys["messages"])
     elif fmt == "sharegpt":
         messages = _turns(row.get(keys["conversations"]), "from", "value", keys["conversations"])
     elif fmt == "alpaca":
-        instruction, extra = _text(row, keys["instruction"]), _text(row, keys["input"], required=False)
-        messages = []
-        for pair in row.get(keys["history"]) or []:
-            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-                raise BadRow(f"field {keys['history']!r} must be a list of [user, assistant] string pairs")
-            messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
-        user = f"{instruction}\n{extra}" if extra else instruction
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, keys["output"])}]
+        messages = alpaca_prompt(row, keys) + [{"role": "assistant", "content": _text(row, keys["output"])}]
     else:
         messages = [
             {"role": "user", "content": _text(row, keys["input"])},
             {"role": "assistant", "content": _text(row, keys["output"])},
         ]
-    if system and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system})
-    check_messages(messages)
+    messages = with_system(messages, row, keys)
+    if check:
+        check_messages(messages)
+    return messages
+
+
+def alpaca_prompt(row: dict, keys: dict[str, str]) -> list[dict[str, str]]:
+    """An Alpaca row's `history` pairs, then its instruction (and input) as the last user turn."""
+    instruction, extra = _text(row, keys["instruction"]), _text(row, keys["input"], required=False)
+    messages = []
+    for pair in row.get(keys["history"]) or []:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise BadRow(f"field {keys['history']!r} must be a list of [user, assistant] string pairs")
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    messages.append({"role": "user", "content": f"{instruction}\n{extra}" if extra else instruction})
+    return messages
+
+
+def with_system(messages: list[dict[str, str]], row: dict, keys: dict[str, str]) -> list[dict[str, str]]:
+    """`messages` led by the row's `system` string, unless they already start with a system turn."""
+    system = row.get(keys["system"])
+    if isinstance(system, str) and system and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system}, *messages]
     return messages
 
 
