@@ -27,8 +27,10 @@ import numpy as np
 import xxhash
 from datasketch import MinHash, MinHashLSH
 
+from data_process.filters import code_points
 from data_process.settings import DedupArgs
 
+SHINGLE_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, 64-bit: multiplication by it mixes and never loses bits
 SQLITE_MAX_PARAMS = 10_000  # well under sqlite's 32,766 bound variables per statement
 LSH_WEIGHTS = (0.1, 0.9)  # (false positive, false negative): candidates are verified, so favour recall
 
@@ -51,11 +53,18 @@ def digest64(data: bytes) -> int:
     return int.from_bytes(xxhash.xxh3_64_digest(data), "little", signed=True)
 
 
-def shingles(text: str, size: int) -> set[bytes]:
-    """Character shingles of the case-folded, space-collapsed text (UTF-32 slices: one character is 4 bytes)."""
-    encoded = " ".join(text.casefold().split()).encode("utf-32-le")
-    width = 4 * size
-    return {encoded[i : i + width] for i in range(0, max(len(encoded) - width, 0) + 4, 4)}
+def shingle_hashes(text: str, size: int) -> np.ndarray:
+    """Distinct 32-bit hashes of the `size`-character shingles of the case-folded, space-collapsed text.
+
+    A polynomial hash over code points, computed for all shingles at once; datasketch mixes each value
+    again (MurmurHash3's finaliser) before permuting, so this only needs to keep distinct shingles apart.
+    """
+    points = code_points(" ".join(text.casefold().split())).astype(np.uint64)
+    size = max(1, min(size, len(points)))  # a text shorter than a shingle is one shingle
+    hashes = np.zeros(max(len(points) - size + 1, 1), dtype=np.uint64)
+    for offset in range(min(size, len(points))):
+        hashes = hashes * SHINGLE_BASE + points[offset : offset + len(hashes)]
+    return np.unique((hashes >> np.uint64(32)) ^ (hashes & np.uint64(0xFFFFFFFF)))
 
 
 class MinHasher:
@@ -67,8 +76,9 @@ class MinHasher:
 
     def sign(self, texts: Sequence[str]) -> list[tuple[list[int], bytes]]:
         """(band keys, signature bytes) of each text."""
-        sets = [shingles(text, self.args.shingle_chars) for text in texts]
-        minhashes = MinHash.bulk(sets, num_perm=self.args.num_perm, hashfunc=xxhash.xxh32_intdigest, scheme="affine32")
+        sets = [shingle_hashes(text, self.args.shingle_chars) for text in texts]
+        # the items are hashes already: `int` passes them to MinHash's permutations unchanged
+        minhashes = MinHash.bulk(sets, num_perm=self.args.num_perm, hashfunc=int, scheme="affine32")
         signed = []
         for minhash in minhashes:
             values = minhash.hashvalues

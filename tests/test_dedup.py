@@ -6,7 +6,7 @@ import difflib
 
 import pytest
 
-from data_process.dedup import DuplicateIndex, Kept, MinHasher, digest64, shingles, similarity
+from data_process.dedup import DuplicateIndex, Kept, MinHasher, digest64, shingle_hashes, similarity
 from data_process.settings import DedupArgs
 from data_process.synthetic import planted_corpus
 
@@ -61,12 +61,22 @@ def test_near_copies_are_about_five_percent_edited(planted):
     near = [d for d in docs if d.copy == "near"]
     matching = [difflib.SequenceMatcher(None, d.text, docs[d.copy_of].text, autojunk=False).ratio() for d in near[:20]]
     assert 0.93 < sum(matching) / len(matching) < 0.98
-    jaccard = [_jaccard(shingles(d.text, 5), shingles(docs[d.copy_of].text, 5)) for d in near]
+    jaccard = [_jaccard(_shingles(d.text), _shingles(docs[d.copy_of].text)) for d in near]
     assert 0.5 < min(jaccard) and sum(jaccard) / len(jaccard) < 0.75
+
+
+def _shingles(text: str) -> set[int]:
+    return set(shingle_hashes(text, 5).tolist())
 
 
 def _jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b)
+
+
+def test_shingles_ignore_case_and_spacing():
+    assert shingle_hashes("Hello   World\n", 5).tolist() == shingle_hashes("hello world", 5).tolist()
+    assert len(shingle_hashes("abcdefg", 5)) == 3 and len(shingle_hashes("abcabcabc", 3)) == 3
+    assert len(shingle_hashes("短文", 5)) == 1 and len(shingle_hashes("", 5)) == 1  # shorter than a shingle: one
 
 
 def test_first_copy_survives_in_input_order(tmp_path):
