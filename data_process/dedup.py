@@ -6,9 +6,10 @@ order and asks `DuplicateIndex` whether an earlier survivor matches, so the firs
 number of processes.
 
 The index is a sqlite file rather than datasketch's in-memory `MinHashLSH` (whose other backends are Redis and
-Cassandra servers): memory stays within sqlite's page cache however large the input, and the disk holds about
-`bands * 24 + num_perm * 4` bytes per surviving row (about 1.3 KB with the defaults). Digests are 8 bytes: among
-10^8 rows the chance that any two different rows share one is about 3 in 10,000.
+Cassandra servers): memory stays within sqlite's page cache (capped at 64 MiB) however large the input, and the
+disk holds about 1.2 KB per surviving row with the defaults (32 bucket keys and a 512-byte signature; measured),
+about 50 bytes for exact dedup alone. Digests are 8 bytes: among 10^8 rows the chance that any two different rows
+share one is about 3 in 10,000.
 
 Candidates come from LSH bands that datasketch chooses for the threshold with false negatives weighted 9:1 over
 false positives (high recall); each candidate is then checked, and counts only when the share of equal signature
@@ -119,11 +120,13 @@ class DuplicateIndex:
         if exact:
             seen = dict(self._select_in("SELECT digest, survivor FROM exact WHERE digest IN ({})", [d.digest for d in docs]))
         members: dict[int, list[int]] = defaultdict(list)
+        signatures: dict[int, bytes] = {}
         if near:
             keys = {key for doc in docs for key in doc.buckets}
             for key, survivor in self._select_in("SELECT key, survivor FROM bucket WHERE key IN ({})", keys):
                 members[key].append(survivor)
-        signatures: dict[int, bytes] = {}
+            candidates = {survivor for survivors in members.values() for survivor in survivors}
+            signatures = dict(self._select_in("SELECT id, signature FROM survivor WHERE id IN ({})", candidates))
         matches: list[tuple[str, int] | None] = []
         for doc in docs:
             if exact and doc.digest in seen:
@@ -146,8 +149,6 @@ class DuplicateIndex:
     def _near_match(self, doc: Kept, members: dict[int, list[int]], signatures: dict[int, bytes]) -> int | None:
         """The earliest survivor sharing an LSH bucket with `doc` whose estimated similarity reaches the threshold."""
         for survivor in sorted({s for key in doc.buckets for s in members.get(key, ())}):
-            if survivor not in signatures:
-                (signatures[survivor],) = self.db.execute("SELECT signature FROM survivor WHERE id = ?", (survivor,)).fetchone()
             if similarity(doc.signature, signatures[survivor]) >= self.args.threshold:
                 return survivor
         return None

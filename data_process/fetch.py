@@ -21,9 +21,9 @@ def output_name(name: str, subset: str | None, split: str) -> str:
 
 
 def load_splits(name: str, hub: str, subset: str | None, split: str | None) -> dict[str, Any]:
-    """Split name -> a `datasets.Dataset`; a local file is one split (`split`, default train) of its rows."""
+    """Split name -> a `datasets.Dataset`; a local file is one split (`split`, default train), its rows streamed."""
     if Path(name).exists():
-        return {split or "train": [row.data for row in iter_source(name, BadRowLog("fail", fix_hint="fix the file"))]}
+        return {split or "train": (row.data for row in iter_source(name, BadRowLog("fail", fix_hint="fix the file")))}
     if hub == "modelscope":
         return {split or "train": _load_modelscope(name, subset, split or "train")}
     import datasets
@@ -82,10 +82,12 @@ def fetch(
     return written
 
 
-def _write_jsonl(rows, path: Path) -> int:
-    if isinstance(rows, list):
-        with path.open("w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+def _write_jsonl(rows: Any, path: Path) -> int:
+    if hasattr(rows, "to_json"):  # a datasets.Dataset: its writer works in batches
+        rows.to_json(path, force_ascii=False)
         return len(rows)
-    rows.to_json(path, force_ascii=False)  # datasets writes JSON lines in batches
-    return len(rows)
+    count = 0
+    with path.open("w", encoding="utf-8") as handle:
+        for count, row in enumerate(rows, start=1):
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return count

@@ -28,7 +28,7 @@ import xxhash
 from data_process.dedup import DuplicateIndex, Kept, MinHasher, digest64
 from data_process.filters import QualityFilters, eval_ngram_hashes, load_tokenizer
 from data_process.normalize import Normalizer, PiiRedactor
-from data_process.report import Report
+from data_process.report import PREVIEW_CHARS, Report
 from data_process.settings import ProcessSettings
 from self_model.data import BadRow, BadRowLog, iter_source
 from self_model.errors import DataError, UserError
@@ -82,7 +82,7 @@ class RowProcessor:
             text = record_text(cleaned, self.kind)
             failure = self._failure(cleaned, text)
             if failure:
-                result.outcomes.append(Removed(ordinal, where, *failure, text, len(text)))
+                result.outcomes.append(Removed(ordinal, where, *failure, text[:PREVIEW_CHARS], len(text)))
                 continue
             line = json.dumps(cleaned, ensure_ascii=False)
             result.outcomes.append(Kept(ordinal, where, len(text), line, digest64(line.encode())))
