@@ -334,6 +334,11 @@ def _build(cls: type, values: dict) -> Any:
     return cls(**kwargs)
 
 
+def check_dataclass(values: dict, cls: type, origin_of: typing.Callable[[str], str], problems: list[str]) -> Any:
+    """A dataclass built from `values` after checking every key and type; problems are appended, not raised."""
+    return _build(cls, _check_fields(values, cls, "", origin_of, problems))
+
+
 # ---------------------------------------------------------------- files and merging
 
 
@@ -548,27 +553,38 @@ def load_config(stage: StageSpec, argv: list[str] | None = None) -> tuple[RunCon
     return load_config_file(stage, args.config, overrides), args
 
 
-def load_config_file(
-    stage: StageSpec, path: str | os.PathLike, overrides: list[str] = (), check_files: bool = True
-) -> RunConfig:
-    """Merge the file chain and overrides, check the schema and cross-field rules (and that named files exist)."""
-    source = str(path)
-    layers = _read_yaml(Path(path))
-    cli = _parse_overrides(list(overrides))
-    layers.append((COMMAND_LINE, cli))
+def merge_layers(
+    path: str | os.PathLike | None, overrides: list[str] = (), flags: dict | None = None
+) -> tuple[dict, dict, typing.Callable[[str], str]]:
+    """The YAML chain (none when `path` is None), then `flags` and `key=value` overrides from the command line.
+
+    Returns the resolved values, the unresolved ones (`${oc.env:...}` kept, for saving) and `origin_of(key_path)`,
+    which names where a key was set when that is not the file itself.
+    """
+    source = str(path) if path is not None else COMMAND_LINE
+    layers = _read_yaml(Path(path)) if path is not None else []
+    if flags:
+        layers.append((COMMAND_LINE, OmegaConf.create(flags)))
+    layers.append((COMMAND_LINE, _parse_overrides(list(overrides))))
     origins: dict[str, str] = {}
     for name, conf in layers:
         for key in _flat_keys(OmegaConf.to_container(conf, resolve=False)):
             origins[key] = name
     merged = OmegaConf.merge(*[conf for _, conf in layers])
-    resolved = _resolve(merged, source)
-    unresolved = OmegaConf.to_container(merged, resolve=False)
 
     def origin_of(key_path: str) -> str:
-        """Where a key was set, when that is not the config file itself (a base file or the command line)."""
         origin = origins.get(key_path, source)
         return "" if origin == source else f" ({origin})"
 
+    return _resolve(merged, source), OmegaConf.to_container(merged, resolve=False), origin_of
+
+
+def load_config_file(
+    stage: StageSpec, path: str | os.PathLike, overrides: list[str] = (), check_files: bool = True
+) -> RunConfig:
+    """Merge the file chain and overrides, check the schema and cross-field rules (and that named files exist)."""
+    source = str(path)
+    resolved, unresolved, origin_of = merge_layers(path, overrides)
     problems: list[str] = []
     shared_fields = [f.name for f in dataclasses.fields(RunConfig) if f.name not in INTERNAL_FIELDS]
     shared = {k: v for k, v in resolved.items() if k in shared_fields and k != "data"}

@@ -1,5 +1,8 @@
 """Read data sources (files, dataset ids, `name#N` sampling), normalise rows, and build SFT examples.
 
+`iter_source` streams a source row by row (JSONL, TXT, Parquet, CSV; a .json file is one list and is read whole);
+`read_source` collects it and applies `#N` sampling.
+
 Every row carries its location (`file:line`) so a bad row is reported where the user can find it.
 With `bad_rows: fail` the first bad row stops the run; with `skip` rows are counted by reason.
 """
@@ -43,13 +46,15 @@ class BadRowLog:
     policy: str
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    max_examples: int = 3
+    fix_hint: str = "set data.bad_rows: skip to count and skip such rows"
 
     def record(self, where: str, reason: str) -> None:
         if self.policy == "fail":
-            raise DataError(f"{where}: {reason} (fix the row, or set data.bad_rows: skip to count and skip such rows)")
+            raise DataError(f"{where}: {reason} (fix the row, or {self.fix_hint})")
         self.counts[reason] += 1
         self.examples.setdefault(reason, [])
-        if len(self.examples[reason]) < 3:
+        if len(self.examples[reason]) < self.max_examples:
             self.examples[reason].append(where)
 
     @property
@@ -115,21 +120,21 @@ def _read_table(path: Path, kind: str) -> Iterator[Row]:
 
 
 def _read_txt(path: Path, documents: str) -> Iterator[Row]:
-    """Plain text: one document per non-empty line, or per block of lines separated by blank lines."""
+    """Plain text as `{"text": document}` rows: one per non-empty line, or per block of lines separated by blank lines."""
     with path.open(encoding="utf-8") as handle:
         block, start = [], 0
         for number, line in enumerate(handle, start=1):
             line = line.rstrip("\n")
             if documents == "line":
                 if line.strip():
-                    yield Row(line, f"{path}:{number}")
+                    yield Row({"text": line}, f"{path}:{number}")
             elif line.strip():
                 block, start = block + [line], start or number
             elif block:
-                yield Row("\n".join(block), f"{path}:{start}")
+                yield Row({"text": "\n".join(block)}, f"{path}:{start}")
                 block, start = [], 0
         if block:
-            yield Row("\n".join(block), f"{path}:{start}")
+            yield Row({"text": "\n".join(block)}, f"{path}:{start}")
 
 
 def _read_hub(name: str, streaming: bool = False) -> Iterator[Row]:
@@ -146,8 +151,8 @@ def _read_hub(name: str, streaming: bool = False) -> Iterator[Row]:
         yield Row(record, f"{name}[{index}]")
 
 
-def iter_rows(name: str, bad: BadRowLog, txt_documents: str = "line", streaming: bool = False) -> Iterator[Row]:
-    """The rows of one file or dataset id, read lazily where the format allows."""
+def iter_source(name: str, bad: BadRowLog, txt_documents: str = "line", streaming: bool = False) -> Iterator[Row]:
+    """The rows of one local file or dataset id, in order, read lazily where the format allows; malformed JSONL lines go to `bad`."""
     path = Path(name)
     if path.is_file():
         kind = FILE_SUFFIXES.get(path.suffix.lower())
@@ -168,7 +173,7 @@ def iter_rows(name: str, bad: BadRowLog, txt_documents: str = "line", streaming:
 def read_source(spec: str, bad: BadRowLog, seed: int = 0, txt_documents: str = "line") -> list[Row]:
     """All rows of one source; `#N` draws N rows with a fixed seed (repeating rows when N exceeds the size)."""
     name, count = split_spec(spec)
-    rows = list(iter_rows(name, bad, txt_documents))
+    rows = list(iter_source(name, bad, txt_documents))
     if not rows:
         raise DataError(f"{name}: no rows")
     if count is not None:
@@ -239,33 +244,45 @@ def detect_format(row: dict, keys: dict[str, str]) -> str:
     raise BadRow(f"cannot tell the format from its keys {sorted(row)[:8]} (set data.format and data.keys)")
 
 
-def row_to_messages(row: Any, data_format: str, keys: dict[str, str]) -> list[dict[str, str]]:
-    """One row in any supported SFT format -> a checked OpenAI-style message list."""
+def row_to_messages(row: Any, data_format: str, keys: dict[str, str], check: bool = True) -> list[dict[str, str]]:
+    """One row in any supported SFT format -> an OpenAI-style message list, checked unless `check` is False."""
     if not isinstance(row, dict):
         raise BadRow(f"a row must be a JSON object, got {type(row).__name__}")
     fmt = detect_format(row, keys) if data_format == "auto" else data_format
-    system = row.get(keys["system"]) if isinstance(row.get(keys["system"]), str) else ""
     if fmt == "messages":
         messages = _turns(row.get(keys["messages"]), "role", "content", keys["messages"])
     elif fmt == "sharegpt":
         messages = _turns(row.get(keys["conversations"]), "from", "value", keys["conversations"])
     elif fmt == "alpaca":
-        instruction, extra = _text(row, keys["instruction"]), _text(row, keys["input"], required=False)
-        messages = []
-        for pair in row.get(keys["history"]) or []:
-            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-                raise BadRow(f"field {keys['history']!r} must be a list of [user, assistant] string pairs")
-            messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
-        user = f"{instruction}\n{extra}" if extra else instruction
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, keys["output"])}]
+        messages = alpaca_prompt(row, keys) + [{"role": "assistant", "content": _text(row, keys["output"])}]
     else:
         messages = [
             {"role": "user", "content": _text(row, keys["input"])},
             {"role": "assistant", "content": _text(row, keys["output"])},
         ]
-    if system and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system})
-    check_messages(messages)
+    messages = with_system(messages, row, keys)
+    if check:
+        check_messages(messages)
+    return messages
+
+
+def alpaca_prompt(row: dict, keys: dict[str, str]) -> list[dict[str, str]]:
+    """An Alpaca row's `history` pairs, then its instruction (and input) as the last user turn."""
+    instruction, extra = _text(row, keys["instruction"]), _text(row, keys["input"], required=False)
+    messages = []
+    for pair in row.get(keys["history"]) or []:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise BadRow(f"field {keys['history']!r} must be a list of [user, assistant] string pairs")
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    messages.append({"role": "user", "content": f"{instruction}\n{extra}" if extra else instruction})
+    return messages
+
+
+def with_system(messages: list[dict[str, str]], row: dict, keys: dict[str, str]) -> list[dict[str, str]]:
+    """`messages` led by the row's `system` string, unless they already start with a system turn."""
+    system = row.get(keys["system"])
+    if isinstance(system, str) and system and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system}, *messages]
     return messages
 
 

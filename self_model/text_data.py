@@ -19,7 +19,7 @@ from self_model.data import (
     Row,
     as_list,
     fingerprint,
-    iter_rows,
+    iter_source,
     load_rows,
     row_to_messages,
 )
@@ -43,12 +43,11 @@ class TextStats:
 
 
 def row_text(row: Row, text_fields: list[str]) -> str:
-    """A row's text: a plain string, the first present text field, or a conversation's contents joined by newlines."""
-    if isinstance(row.data, str):
-        return row.data
+    """A row's text: the first present of `text_fields` (then `text`, which .txt documents use), or a conversation's
+    contents joined by newlines."""
     if not isinstance(row.data, dict):
-        raise BadRow(f"a row must be a JSON object or a line of text, got {type(row.data).__name__}")
-    for name in text_fields:
+        raise BadRow(f"a row must be a JSON object, got {type(row.data).__name__}")
+    for name in [*text_fields, "text"]:
         value = row.data.get(name)
         if isinstance(value, str) and value.strip():
             return value
@@ -142,7 +141,7 @@ def _materialise(docs: Iterable[str], tokenizer, data: TextDataArgs, split: str)
 def stream_documents(data: TextDataArgs, bad: BadRowLog) -> Iterator[str]:
     """Documents of every training source in order, read lazily."""
     for spec in as_list(data.train_file):
-        yield from documents(iter_rows(spec, bad, data.txt_documents, streaming=True), data.text_fields, bad)
+        yield from documents(iter_source(spec, bad, data.txt_documents, streaming=True), data.text_fields, bad)
 
 
 def build_text_data(data: TextDataArgs, tokenizer, seed: int, preview_blocks: int = 0) -> BuiltText:
@@ -153,7 +152,7 @@ def build_text_data(data: TextDataArgs, tokenizer, seed: int, preview_blocks: in
     fingerprints = {spec: fingerprint(spec) for spec in as_list(data.train_file) + as_list(data.eval_file)}
     stats: dict[str, TextStats] = {}
     if data.streaming:
-        eval_rows = [row for spec in as_list(data.eval_file) for row in iter_rows(spec, bad, data.txt_documents)]
+        eval_rows = [row for spec in as_list(data.eval_file) for row in iter_source(spec, bad, data.txt_documents)]
 
         def generate():
             yield from blocks(stream_documents(data, bad), tokenizer, data.block_size, TextStats())

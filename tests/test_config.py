@@ -9,6 +9,7 @@ import pytest
 import yaml
 from conftest import REPO, SFT_TRAIN, TINY_MODEL_CONFIG, TINY_TOKENIZER, run_script, write_yaml
 
+from data_process.settings import load_process_settings
 from self_model.config import StageSpec, load_config_file
 from self_model.errors import ConfigError
 from self_model.fine_tuning.train_finetune import STAGE as SFT_STAGE
@@ -37,6 +38,8 @@ def test_every_shipped_config_loads():
             if rel.parts[1] in ("self_model_config", "examples") and rel.parts[2:3] not in (("deepspeed",), ("accelerate",)):
                 # Files named in shipped configs (e.g. data_process outputs) need not exist yet.
                 load_config_file(stage_for(path), path, check_files=rel.parts[1] == "examples")
+            elif rel.parts[1] == "data_config":
+                load_process_settings(str(path), check_files=False)  # inputs are what fetch_dataset.py writes
             elif rel.parts[1] == "trace_config":
                 assert path.stem in ENV_KEYS, f"unknown tracker {path.stem}"
                 load_settings(path.stem, path.parent)
