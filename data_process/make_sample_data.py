@@ -4,8 +4,9 @@ Everything is produced from templates and a seeded RNG, so the same seed always 
 
     python data_process/make_sample_data.py --out_dir examples/tiny/data --seed 0
 
-Writes `sft_train.jsonl` and `sft_eval.jsonl` (OpenAI-style `{"messages": [...]}` rows) and `corpus.txt`
-(one document per line) for `tokenizer/train_tokenizer.py`.
+Writes `sft_train.jsonl` and `sft_eval.jsonl` (OpenAI-style `{"messages": [...]}` rows), `corpus.txt`
+(one document per line) for `tokenizer/train_tokenizer.py`, and `pref_train.jsonl` / `pref_eval.jsonl`
+(`prompt`/`chosen`/`rejected`: the same question answered correctly and wrongly) for RM and DPO.
 """
 
 import argparse
@@ -80,41 +81,49 @@ WORD_TASKS = {
 OPS = {"+": ("加", lambda a, b: a + b), "-": ("减", lambda a, b: a - b), "*": ("乘", lambda a, b: a * b)}
 
 
-def arithmetic(rng):
-    """An English or Chinese addition, subtraction or multiplication question."""
+def arithmetic(rng, wrong=False):
+    """An English or Chinese addition, subtraction or multiplication question (`wrong`: the answer is off)."""
     op = rng.choice(list(OPS))
     a, b = (rng.randint(2, 12), rng.randint(2, 12)) if op == "*" else (rng.randint(0, 99), rng.randint(0, 99))
     if op == "-" and b > a:
         a, b = b, a
     zh_op, fn = OPS[op]
-    if rng.random() < 0.5:
-        return ("arith", op, a, b), f"What is {a} {op} {b}?", f"{a} {op} {b} = {fn(a, b)}."
-    return ("arith", op, a, b), f"计算 {a} {zh_op} {b}。", f"{a} {zh_op} {b} 等于 {fn(a, b)}。"
+    english = rng.random() < 0.5
+    result = fn(a, b) + (rng.choice([-10, -2, -1, 1, 2, 10]) if wrong else 0)
+    if english:
+        return ("arith", op, a, b), f"What is {a} {op} {b}?", f"{a} {op} {b} = {result}."
+    return ("arith", op, a, b), f"计算 {a} {zh_op} {b}。", f"{a} {zh_op} {b} 等于 {result}。"
 
 
-def word_task(rng):
-    """Reverse, uppercase or count the letters of a short word, in English or Chinese."""
+def word_task(rng, wrong=False):
+    """Reverse, uppercase or count the letters of a short word, in English or Chinese (`wrong`: of another word)."""
     word, kind, zh = rng.choice(WORDS), rng.choice(list(WORD_TASKS)), rng.random() < 0.5
     question, answer = WORD_TASKS[kind][zh]
-    fields = {"w": word, "r": word[::-1], "u": word.upper(), "n": len(word)}
+    other = rng.choice([w for w in WORDS if len(w) != len(word)]) if wrong else word
+    fields = {"w": word, "r": other[::-1], "u": other.upper(), "n": len(other)}
     return (kind, word, zh), question.format(**fields), answer.format(**fields)
 
 
-def capital(rng):
-    """A capital-city question from the built-in table."""
+def capital(rng, wrong=False):
+    """A capital-city question from the built-in table (`wrong`: another country's capital)."""
     country, zh_country, city, zh_city = rng.choice(CAPITALS)
-    if rng.random() < 0.5:  # key None: eval asks the same facts that train teaches
+    english = rng.random() < 0.5
+    if wrong:
+        _, _, city, zh_city = rng.choice([row for row in CAPITALS if row[0] != country])
+    if english:  # key None: eval asks the same facts that train teaches
         return None, f"What is the capital of {country}?", f"The capital of {country} is {city}."
     return None, f"{zh_country}的首都是哪里？", f"{zh_country}的首都是{zh_city}。"
 
 
-def convert(rng):
-    """A unit conversion by a fixed factor."""
+def convert(rng, wrong=False):
+    """A unit conversion by a fixed factor (`wrong`: by a wrong factor)."""
     unit, zh_unit, target, zh_target, factor = rng.choice(UNITS)
     n = rng.randint(1, 20)
-    if rng.random() < 0.5:
-        return ("convert", unit, n), f"Convert {n} {unit} to {target}.", f"{n} {unit} = {n * factor} {target}."
-    question, answer = f"{n} {zh_unit}等于多少{zh_target}？", f"{n} {zh_unit}等于 {n * factor} {zh_target}。"
+    english = rng.random() < 0.5
+    result = n * factor * (rng.choice([2, 10]) if wrong else 1)
+    if english:
+        return ("convert", unit, n), f"Convert {n} {unit} to {target}.", f"{n} {unit} = {result} {target}."
+    question, answer = f"{n} {zh_unit}等于多少{zh_target}？", f"{n} {zh_unit}等于 {result} {zh_target}。"
     return ("convert", zh_unit, n), question, answer
 
 
@@ -141,6 +150,19 @@ def make_rows(rng, n, avoid):
             messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         rows.append({"messages": messages})
     return rows, keys
+
+
+def preference_rows(rng, n, tasks=TASKS):
+    """`n` preference pairs: the same question answered correctly (chosen) and wrongly (rejected)."""
+    rows = []
+    for _ in range(n):
+        task = rng.choice(tasks)
+        state = rng.getstate()
+        _, question, chosen = task(rng)
+        rng.setstate(state)  # the wrong answer is drawn for the very same question
+        _, _, rejected = task(rng, wrong=True)
+        rows.append({"prompt": question, "chosen": chosen, "rejected": rejected})
+    return rows
 
 
 def corpus_sentences(rng, n):
@@ -183,6 +205,8 @@ def main():
     parser.add_argument("--num_train", type=int, default=600, help="chat rows in sft_train.jsonl")
     parser.add_argument("--num_eval", type=int, default=60, help="chat rows in sft_eval.jsonl")
     parser.add_argument("--num_sentences", type=int, default=1500, help="template sentences in corpus.txt")
+    parser.add_argument("--num_pairs", type=int, default=600, help="preference pairs in pref_train.jsonl")
+    parser.add_argument("--num_eval_pairs", type=int, default=100, help="preference pairs in pref_eval.jsonl")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
@@ -196,7 +220,11 @@ def main():
     write_jsonl(out / "sft_train.jsonl", train_rows)
     write_jsonl(out / "sft_eval.jsonl", eval_rows)
     (out / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
-    print(f"wrote {len(train_rows)} train rows, {len(eval_rows)} eval rows, {len(lines)} corpus lines to {out}")
+    pair_rng = random.Random(args.seed + 1)  # its own stream: the chat files stay as they were
+    write_jsonl(out / "pref_train.jsonl", preference_rows(pair_rng, args.num_pairs))
+    write_jsonl(out / "pref_eval.jsonl", preference_rows(pair_rng, args.num_eval_pairs))
+    print(f"wrote {len(train_rows)} train rows, {len(eval_rows)} eval rows, {len(lines)} corpus lines, "
+          f"{args.num_pairs} + {args.num_eval_pairs} preference pairs to {out}")
 
 
 if __name__ == "__main__":

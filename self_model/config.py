@@ -146,6 +146,26 @@ class TextDataArgs(DataSourceArgs):
         return found
 
 
+@dataclass
+class PreferenceDataArgs(DataSourceArgs):
+    """Preference data for reward models and the DPO family: pairs, or unpaired rows with a label (KTO)."""
+
+    prompt_key: str = _help("Field with the prompt: a string or a list of messages (user turn last).", "prompt")
+    chosen_key: str = _help(
+        "Field with the preferred answer: a string, one assistant message, or a whole conversation.", "chosen"
+    )
+    rejected_key: str = _help("Field with the dispreferred answer, same forms as chosen_key.", "rejected")
+    completion_key: str = _help("Unpaired rows (KTO): field with the answer.", "completion")
+    label_key: str = _help("Unpaired rows (KTO): field saying whether the answer is desirable (true/false).", "label")
+    margin_key: str | None = _help("Reward model: field with a per-pair margin added to the pairwise loss.", None)
+    max_length: int = _help("Prompt plus answer longer than this many tokens is truncated (the share is reported).", 1024)
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.max_length < 8:
+            return [("data.max_length", f"must be at least 8, got {self.max_length}")]
+        return []
+
+
 PEFT_METHODS = ("lora", "dora", "qlora")
 
 
@@ -194,7 +214,8 @@ class StageSpec:
     """What a stage adds to the shared schema."""
 
     name: str
-    training_args_class: type
+    # the TRL/transformers config class, or a function of the stage's sections that picks one (DPO's algorithm)
+    training_args_class: type | typing.Callable[[dict[str, Any]], type]
     sections: dict[str, type] = field(default_factory=dict)
     # training_args fields our own sections set; the value names the key to use instead.
     owned_training_args: dict[str, str] = field(default_factory=dict)
@@ -202,6 +223,12 @@ class StageSpec:
     data_class: type = DataArgs
     # the stage's own cross-field rules: (config) -> [(key, message)]
     checks: typing.Callable[[RunConfig], list[tuple[str, str]]] | None = None
+
+    def args_class(self, sections: dict[str, Any]) -> type:
+        """The class `training_args` are checked against, given the stage's built sections."""
+        if isinstance(self.training_args_class, type):
+            return self.training_args_class
+        return self.training_args_class(sections)
 
 
 SHARED_OWNED_TRAINING_ARGS = {"report_to": "trace", "resume_from_checkpoint": "resume"}
@@ -602,6 +629,7 @@ def load_config_file(
             problems.append(f"{name}{origin_of(name)}: expected a section (a mapping)")
             continue
         sections[name] = _check_fields(value, cls, f"{name}.", origin_of, problems)
+    built_sections = {name: _build(stage.sections[name], values) for name, values in sections.items()}
 
     training_args = resolved.get("training_args") or {}
     if not isinstance(training_args, dict):
@@ -610,7 +638,7 @@ def load_config_file(
     owned = {**SHARED_OWNED_TRAINING_ARGS, **stage.owned_training_args}
     checked_ta = _check_fields(
         {k: v for k, v in training_args.items() if k not in owned},
-        stage.training_args_class,
+        stage.args_class(built_sections),
         "training_args.",
         origin_of,
         problems,
@@ -625,7 +653,7 @@ def load_config_file(
     cfg = _build(RunConfig, checked)
     cfg.data = _build(stage.data_class, checked_data)
     cfg.training_args = checked_ta
-    cfg.sections = {name: _build(stage.sections[name], values) for name, values in sections.items()}
+    cfg.sections = built_sections
     cfg.source = source
     if isinstance(cfg.trace, str):
         cfg.trace = [cfg.trace]

@@ -216,20 +216,26 @@ def _text(row: dict, key: str, required: bool = True) -> str:
     return value
 
 
-def _turns(items: Any, role_key: str, content_key: str, field_name: str) -> list[dict[str, str]]:
+def parse_turn(item: Any, field_name: str) -> dict[str, str]:
+    """One message, OpenAI (`role`/`content`) or ShareGPT (`from`/`value`) style, as {role, content}."""
+    if isinstance(item, dict) and "role" in item and "content" in item:
+        role_key, content_key = "role", "content"
+    elif isinstance(item, dict) and "from" in item and "value" in item:
+        role_key, content_key = "from", "value"
+    else:
+        raise BadRow(f"each turn in {field_name!r} needs 'role' and 'content' (or 'from' and 'value')")
+    role = ROLE_ALIASES.get(str(item[role_key]).lower())
+    if role is None:
+        raise BadRow(f"unknown role {item[role_key]!r} (use system, user/human or assistant/gpt)")
+    if not isinstance(item[content_key], str):
+        raise BadRow(f"turn content must be a string, got {type(item[content_key]).__name__}")
+    return {"role": role, "content": item[content_key]}
+
+
+def parse_turns(items: Any, field_name: str) -> list[dict[str, str]]:
     if not isinstance(items, list) or not items:
         raise BadRow(f"field {field_name!r} must be a non-empty list of turns")
-    turns = []
-    for item in items:
-        if not isinstance(item, dict) or role_key not in item or content_key not in item:
-            raise BadRow(f"each turn in {field_name!r} needs {role_key!r} and {content_key!r}")
-        role = ROLE_ALIASES.get(str(item[role_key]).lower())
-        if role is None:
-            raise BadRow(f"unknown role {item[role_key]!r} (use system, user/human or assistant/gpt)")
-        if not isinstance(item[content_key], str):
-            raise BadRow(f"turn content must be a string, got {type(item[content_key]).__name__}")
-        turns.append({"role": role, "content": item[content_key]})
-    return turns
+    return [parse_turn(item, field_name) for item in items]
 
 
 def detect_format(row: dict, keys: dict[str, str]) -> str:
@@ -250,9 +256,9 @@ def row_to_messages(row: Any, data_format: str, keys: dict[str, str], check: boo
         raise BadRow(f"a row must be a JSON object, got {type(row).__name__}")
     fmt = detect_format(row, keys) if data_format == "auto" else data_format
     if fmt == "messages":
-        messages = _turns(row.get(keys["messages"]), "role", "content", keys["messages"])
+        messages = parse_turns(row.get(keys["messages"]), keys["messages"])
     elif fmt == "sharegpt":
-        messages = _turns(row.get(keys["conversations"]), "from", "value", keys["conversations"])
+        messages = parse_turns(row.get(keys["conversations"]), keys["conversations"])
     elif fmt == "alpaca":
         messages = alpaca_prompt(row, keys) + [{"role": "assistant", "content": _text(row, keys["output"])}]
     else:
@@ -286,8 +292,8 @@ def with_system(messages: list[dict[str, str]], row: dict, keys: dict[str, str])
     return messages
 
 
-def check_messages(messages: list[dict[str, str]]) -> None:
-    """System first (optional), then user/assistant alternating, ending with assistant; no empty turns."""
+def check_messages(messages: list[dict[str, str]], last: str = "assistant") -> None:
+    """System first (optional), then user/assistant alternating, ending with `last`; no empty turns."""
     body = messages[1:] if messages and messages[0]["role"] == "system" else messages
     for index, message in enumerate(body):
         expected = "user" if index % 2 == 0 else "assistant"
@@ -295,8 +301,8 @@ def check_messages(messages: list[dict[str, str]]) -> None:
             raise BadRow(f"turn {index + 1} is {message['role']!r}, expected {expected!r} (turns must alternate user/assistant)")
         if not message["content"].strip():
             raise BadRow(f"turn {index + 1} ({message['role']}) is empty")
-    if not body or body[-1]["role"] != "assistant":
-        raise BadRow("the conversation must end with an assistant turn")
+    if not body or body[-1]["role"] != last:
+        raise BadRow(f"the conversation must end with {'an' if last == 'assistant' else 'a'} {last} turn")
 
 
 # ---------------------------------------------------------------- datasets

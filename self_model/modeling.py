@@ -93,8 +93,10 @@ def _torch_dtype(cfg: RunConfig, training_args):
     return "auto"
 
 
-def load_model(cfg: RunConfig, tokenizer, training_args, model_class=None):
-    """The model: random init from model.init_from_config, or loaded (4-bit for qlora); embeddings fit the tokenizer."""
+def load_model(cfg: RunConfig, tokenizer, training_args, model_class=None, **config_kwargs):
+    """The model: random init from model.init_from_config, or loaded (4-bit for qlora); embeddings fit the tokenizer.
+
+    `config_kwargs` change the model config (e.g. num_labels=1 for a reward model's head)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, set_seed
 
@@ -104,7 +106,7 @@ def load_model(cfg: RunConfig, tokenizer, training_args, model_class=None):
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
     if cfg.model.init_from_config:
-        config = AutoConfig.from_pretrained(cfg.model.init_from_config, **kwargs)
+        config = AutoConfig.from_pretrained(cfg.model.init_from_config, **kwargs, **config_kwargs)
         set_seed(training_args.seed)
         model = model_class.from_config(config, dtype=dtype if dtype != "auto" else torch.float32, **kwargs)
     else:
@@ -116,7 +118,7 @@ def load_model(cfg: RunConfig, tokenizer, training_args, model_class=None):
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
             )
         try:
-            model = model_class.from_pretrained(cfg.model_name_or_path, dtype=dtype, **kwargs)
+            model = model_class.from_pretrained(cfg.model_name_or_path, dtype=dtype, **kwargs, **config_kwargs)
         except OSError as err:
             raise _not_available("model", cfg.model_name_or_path, err) from None
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:

@@ -26,10 +26,10 @@ from self_model.data import (
     DEFAULT_KEYS,
     BadRow,
     _text,
-    _turns,
     alpaca_prompt,
     check_messages,
     detect_format,
+    parse_turns,
     row_to_messages,
     with_system,
 )
@@ -117,7 +117,7 @@ def _to_preference(row: dict, keys: dict[str, str]) -> dict:
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     chosen_turns, rejected_turns = _replies(chosen, keys["chosen"]), _replies(rejected, keys["rejected"])
     if prompt is not None:
-        prompt_turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, keys["prompt"])
+        prompt_turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else parse_turns(prompt, keys["prompt"])
     elif any(keys[name] in row for name in ("messages", "conversations", "instruction", "input")):
         prompt_turns = _prompt_turns(row, keys)
     else:  # implicit prompt: the turns chosen and rejected share
@@ -141,19 +141,13 @@ def _prompt_turns(row: dict, keys: dict[str, str]) -> list[dict[str, str]]:
     return row_to_messages(row, fmt, keys, check=False)
 
 
-def _messages(value: Any, field_name: str) -> list[dict[str, str]]:
-    """A list of turns in either role/content or from/value form."""
-    sharegpt = isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "from" in value[0]
-    return _turns(value, *(("from", "value") if sharegpt else ("role", "content")), field_name)
-
-
 def _replies(value: Any, field_name: str) -> list[dict[str, str]]:
     """chosen/rejected as turns: a string is one assistant turn, a message object one turn, a list the turns."""
     if value is None:
         raise BadRow(f"missing field {field_name!r}")
     if isinstance(value, str):
         return [{"role": "assistant", "content": value}]
-    return _messages([value] if isinstance(value, dict) else value, field_name)
+    return parse_turns([value] if isinstance(value, dict) else value, field_name)
 
 
 def _check_preference(record: dict) -> None:
@@ -191,7 +185,7 @@ def _to_rl(row: dict, keys: dict[str, str], data_source: str | None) -> dict:
     source = row.get(keys["data_source"]) or data_source
     if keys["prompt"] in row:
         prompt = row[keys["prompt"]]
-        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, keys["prompt"])
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else parse_turns(prompt, keys["prompt"])
         reward_model = row.get("reward_model")
         truth = reward_model.get("ground_truth") if isinstance(reward_model, dict) else row.get(keys["ground_truth"])
     elif keys["question"] in row and keys["answer"] in row:

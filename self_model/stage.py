@@ -13,7 +13,7 @@ from self_model.config import RunConfig, StageSpec, load_config
 from self_model.errors import ConfigError, exit_on_user_error
 from self_model.modeling import check_environment
 from self_model.runs import RunDir, is_main_process
-from self_model.templates import IGNORE_INDEX, ChatTemplate, Renderer
+from self_model.templates import IGNORE_INDEX, ChatTemplate, Renderer, use_chat_template
 from self_model.tracking import finish_runs, setup_tracking, start_runs, tensorboard_dir
 
 logger = logging.getLogger("self_model")
@@ -64,7 +64,7 @@ def fit(trainer, run: RunDir, eval_before: bool) -> dict:
     metrics = {}
     try:
         if trainer.eval_dataset is not None and eval_before:
-            metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+            metrics.update({f"{key}_before": value for key, value in trainer.evaluate().items() if key in DESCRIBED_METRICS})
         metrics.update(trainer.train(resume_from_checkpoint=run.resume_checkpoint).metrics)
         if trainer.eval_dataset is not None:
             metrics.update(trainer.evaluate())
@@ -73,15 +73,23 @@ def fit(trainer, run: RunDir, eval_before: bool) -> dict:
     return metrics
 
 
+DESCRIBED_METRICS = {  # metric key -> how the final line names it
+    "eval_loss": "eval loss",
+    "eval_perplexity": "perplexity",
+    "eval_accuracy": "pairwise accuracy",
+    "eval_margin": "mean margin",
+    "eval_rewards/accuracies": "reward accuracy",
+    "eval_rewards/margins": "reward margin",
+}
+
+
 def describe_metrics(metrics: dict) -> str:
     """`eval loss 7.53 -> 3.08, train loss 4.02` from whatever of these the run produced."""
     parts = []
-    if "eval_loss" in metrics:
-        before = f"{metrics['eval_loss_before']:.4f} -> " if "eval_loss_before" in metrics else ""
-        parts.append(f"eval loss {before}{metrics['eval_loss']:.4f}")
-    if "eval_perplexity" in metrics:
-        before = f"{metrics['eval_perplexity_before']:.2f} -> " if "eval_perplexity_before" in metrics else ""
-        parts.append(f"perplexity {before}{metrics['eval_perplexity']:.2f}")
+    for key, name in DESCRIBED_METRICS.items():
+        if key in metrics:
+            before = f"{metrics[key + '_before']:.4g} -> " if key + "_before" in metrics else ""
+            parts.append(f"{name} {before}{metrics[key]:.4g}")
     if "train_loss" in metrics:
         parts.append(f"train loss {metrics['train_loss']:.4f}")
     return ", ".join(parts) or "no metrics"
@@ -113,7 +121,8 @@ def report_data(data, tokenizer, preview_examples: int) -> None:
     if data.bad_rows.total:
         say(data.bad_rows.summary())
     for index, row in enumerate(data.preview_rows(tokenizer)[:preview_examples]):
-        say(f"--- example {index} (trained tokens marked) ---\n{highlight(tokenizer, row['input_ids'], row['labels'])}")
+        title = row.get("title", f"example {index}")
+        say(f"--- {title} (trained tokens marked) ---\n{highlight(tokenizer, row['input_ids'], row['labels'])}")
 
 
 def write_preview(run: RunDir, cfg: RunConfig, data, tokenizer) -> None:
@@ -129,10 +138,18 @@ def save_final(trainer, tokenizer, renderer: Renderer | None, run: RunDir, cfg: 
     if not trainer.is_world_process_zero():
         return
     if isinstance(renderer, ChatTemplate):
-        tokenizer.chat_template = renderer.to_jinja()
+        use_chat_template(tokenizer, renderer)
         (run.path / "template.json").write_text(
             json.dumps({k: v for k, v in asdict(renderer).items()}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )
     tokenizer.save_pretrained(str(run.path))
     run.write_yaml("config.yaml", cfg.resolved)
     run.write_manifest(cfg, stage, extra)
+
+
+def save_merged(trainer, tokenizer, path) -> None:
+    """Merge the trained adapters into the base weights and save a full model that loads without PEFT (rank 0)."""
+    model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    if trainer.is_world_process_zero():
+        model.save_pretrained(str(path))
+        tokenizer.save_pretrained(str(path))

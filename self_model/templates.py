@@ -200,6 +200,12 @@ def load_renderer(cfg: RunConfig, tokenizer, tokenizer_name: str) -> Renderer:
     return template
 
 
+def use_chat_template(tokenizer, renderer: Renderer) -> None:
+    """Make the tokenizer's `apply_chat_template` render our template (TRL's trainers and vLLM call it)."""
+    if isinstance(renderer, ChatTemplate):
+        tokenizer.chat_template = renderer.to_jinja()
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]
