@@ -6,12 +6,14 @@ Everything is produced from templates and a seeded RNG, so the same seed always 
 
 Writes `sft_train.jsonl` and `sft_eval.jsonl` (OpenAI-style `{"messages": [...]}` rows), `corpus.txt`
 (one document per line) for `tokenizer/train_tokenizer.py`, and `pref_train.jsonl` / `pref_eval.jsonl`
-(`prompt`/`chosen`/`rejected`: the same question answered correctly and wrongly) for RM and DPO.
+(`prompt`/`chosen`/`rejected`: the same question answered correctly and wrongly) for RM and DPO, and
+`rl_prompts.jsonl` (`prompt`/`ground_truth`/`data_source` arithmetic prompts) for PPO/GRPO.
 """
 
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 
 WORDS = [
@@ -165,6 +167,15 @@ def preference_rows(rng, n, tasks=TASKS):
     return rows
 
 
+def rl_prompt_rows(rng, n):
+    """`n` arithmetic prompts with their numeric answer, in the RL prompt schema (prompt, ground_truth, data_source)."""
+    rows = []
+    for _ in range(n):
+        _, question, answer = arithmetic(rng)
+        rows.append({"prompt": question, "ground_truth": re.findall(r"-?\d+", answer)[-1], "data_source": "sample/arithmetic"})
+    return rows
+
+
 def corpus_sentences(rng, n):
     """`n` plain English/Chinese sentences from templates, for tokenizer training."""
     sentences = []
@@ -207,6 +218,7 @@ def main():
     parser.add_argument("--num_sentences", type=int, default=1500, help="template sentences in corpus.txt")
     parser.add_argument("--num_pairs", type=int, default=600, help="preference pairs in pref_train.jsonl")
     parser.add_argument("--num_eval_pairs", type=int, default=100, help="preference pairs in pref_eval.jsonl")
+    parser.add_argument("--num_rl_prompts", type=int, default=200, help="arithmetic prompts in rl_prompts.jsonl")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
@@ -223,6 +235,7 @@ def main():
     pair_rng = random.Random(args.seed + 1)  # its own stream: the chat files stay as they were
     write_jsonl(out / "pref_train.jsonl", preference_rows(pair_rng, args.num_pairs))
     write_jsonl(out / "pref_eval.jsonl", preference_rows(pair_rng, args.num_eval_pairs))
+    write_jsonl(out / "rl_prompts.jsonl", rl_prompt_rows(random.Random(args.seed + 2), args.num_rl_prompts))
     print(f"wrote {len(train_rows)} train rows, {len(eval_rows)} eval rows, {len(lines)} corpus lines, "
           f"{args.num_pairs} + {args.num_eval_pairs} preference pairs to {out}")
 

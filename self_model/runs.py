@@ -24,7 +24,8 @@ import yaml
 from self_model.config import REPO_ROOT, RunConfig
 from self_model.errors import UserError
 
-DRY_RUN_FILES = {"preview.jsonl", "dry_run_config.yaml"}
+# what --dry-run leaves in output_dir; a later real run may replace it
+DRY_RUN_FILES = {"preview.jsonl", "dry_run_config.yaml", "verl_config.yaml", "data", "initial_model"}
 VERSIONED_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "deepspeed", "bitsandbytes",
                       "liger-kernel", "verl", "vllm")
 

@@ -63,9 +63,14 @@ def fit(trainer, run: RunDir, eval_before: bool) -> dict:
     start_runs(args.report_to, args.output_dir, args.run_name)
     metrics = {}
     try:
-        if trainer.eval_dataset is not None and eval_before:
+        if eval_before and trainer.is_deepspeed_enabled:
+            # transformers 5.10: ZeRO-1/2 refuse inference, and a ZeRO-3 evaluate() before train() breaks training
+            say("note: eval_before_training skipped: transformers cannot evaluate before training under DeepSpeed")
+        elif trainer.eval_dataset is not None and eval_before:
             metrics.update({f"{key}_before": value for key, value in trainer.evaluate().items() if key in DESCRIBED_METRICS})
-        metrics.update(trainer.train(resume_from_checkpoint=run.resume_checkpoint).metrics)
+        resume = {"resume_from_checkpoint": run.resume_checkpoint} if run.resume_checkpoint else {}
+        result = trainer.train(**resume)
+        metrics.update(result.metrics if result is not None else {})  # TRL's experimental PPO returns nothing
         if trainer.eval_dataset is not None:
             metrics.update(trainer.evaluate())
     finally:

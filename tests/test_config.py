@@ -15,10 +15,13 @@ from self_model.errors import ConfigError
 from self_model.fine_tuning.train_finetune import STAGE as SFT_STAGE
 from self_model.pretrain.train_pretrain import STAGE as PRETRAIN_STAGE
 from self_model.rlhf.train_dpo import STAGE as DPO_STAGE
+from self_model.rlhf.train_grpo import STAGE as GRPO_STAGE
+from self_model.rlhf.train_ppo import STAGE as PPO_STAGE
 from self_model.rlhf.train_rm import STAGE as RM_STAGE
 from self_model.tracking import ENV_KEYS, load_settings
 
-STAGE_BY_PREFIX = {"finetune": SFT_STAGE, "sft": SFT_STAGE, "pretrain": PRETRAIN_STAGE, "rm": RM_STAGE, "dpo": DPO_STAGE}
+STAGE_BY_PREFIX = {"finetune": SFT_STAGE, "sft": SFT_STAGE, "pretrain": PRETRAIN_STAGE, "rm": RM_STAGE, "dpo": DPO_STAGE, "grpo": GRPO_STAGE,
+                   "ppo": PPO_STAGE}
 SFT_SCRIPT = "self_model/fine_tuning/train_finetune.py"
 
 

@@ -58,5 +58,7 @@ def test_deepspeed_zero_configs_train_and_save(tmp_path, zero):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=script_env())
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "manifest.json").read_text())["metrics"]
-    assert metrics["eval_loss"] < metrics["eval_loss_before"] - 1.0
+    # no evaluation before training under DeepSpeed; the random model starts near ln(1856) = 7.5
+    assert "eval_loss_before" not in metrics and "eval_before_training skipped" in result.stdout
+    assert metrics["eval_loss"] < 6.5, metrics
     assert (tmp_path / "out" / "model.safetensors").is_file()  # ZeRO-3 gathers the 16-bit weights on save

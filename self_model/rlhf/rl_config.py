@@ -1,0 +1,137 @@
+"""The `rl` section of the PPO/GRPO stages, their `data` section, and the rules between them.
+
+One vocabulary for both backends: a *step* is one rollout of `prompts_per_step` prompts with `rollout.n`
+answers each, followed by the policy updates on them (`actor.ppo_mini_batch_size` prompts per optimizer
+step). The verl backend turns these into verl's keys (`verl_backend.py`), the TRL backend into TRL's
+config fields (`trl_backend.py`); `rl.verl` passes any verl key through verbatim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from self_model.config import DataSourceArgs, RunConfig, _help
+
+
+@dataclass
+class RolloutArgs:
+    engine: Literal["vllm", "hf"] = _help("Generation engine: vllm, or hf (transformers generate, slower).", "vllm")
+    n: int = _help("Answers sampled per prompt (GRPO compares them; at least 2).", 4)
+    temperature: float = _help("Sampling temperature.", 1.0)
+    max_prompt_length: int = _help("Prompts longer than this many tokens are left out (the count is reported).", 512)
+    max_response_length: int = _help("Most tokens generated per answer.", 512)
+    gpu_memory_utilization: float = _help("Share of GPU memory vLLM may take (colocated with training).", 0.5)
+    tensor_parallel_size: int = _help("GPUs per vLLM engine.", 1)
+    enforce_eager: bool = _help("vLLM without CUDA graphs: starts faster, generates slower.", False)
+
+
+@dataclass
+class ActorArgs:
+    learning_rate: float = _help("Policy learning rate.", 1e-6)
+    ppo_mini_batch_size: int = _help("Prompts (with all their answers) per optimizer step.", 16)
+    ppo_micro_batch_size_per_gpu: int = _help("Sequences per forward/backward pass on one GPU.", 4)
+    ppo_epochs: int = _help("Passes over each step's rollouts.", 1)
+    clip_ratio: float = _help("PPO clip range of the policy ratio.", 0.2)
+    use_kl_loss: bool = _help("Add a KL penalty to the reference policy to the loss (needs a reference model).", True)
+    kl_loss_coef: float = _help("Weight of that KL penalty.", 0.001)
+    entropy_coeff: float = _help("Weight of the entropy bonus.", 0.0)
+
+
+@dataclass
+class CriticArgs:
+    model_name_or_path: str | None = _help("Value model for PPO; null starts it from the policy's model.", None)
+    learning_rate: float = _help("Critic learning rate.", 1e-5)
+    ppo_micro_batch_size_per_gpu: int = _help("Sequences per critic forward/backward pass on one GPU.", 4)
+
+
+@dataclass
+class RewardArgs:
+    functions: list[str] = _help(
+        "Reward functions, by name (math_accuracy, answer_format, length_penalty) or path/to/file.py:function; "
+        "their weighted sum is the reward.", ["math_accuracy"])
+    weights: list[float] | None = _help("One weight per function; null weighs each 1.", None)
+    reward_model: str | None = _help(
+        "A reward model directory from train_rm.py (its `merged/` folder after LoRA) scoring the answers instead "
+        "of functions (set functions: []).", None)
+
+
+@dataclass
+class ClusterArgs:
+    nnodes: int = _help("Machines in the Ray cluster.", 1)
+    n_gpus_per_node: int = _help("GPUs used on each machine.", 1)
+    ray_address: str | None = _help("Join this Ray cluster (e.g. `auto` or `10.0.0.1:6379`); null starts a local Ray.", None)
+    num_cpus: int | None = _help("CPUs a local Ray may use; null lets Ray count them.", None)
+
+
+@dataclass
+class RLArgs:
+    """PPO / GRPO: backend, rollout, actor, critic, reward, cluster."""
+
+    backend: Literal["verl", "trl"] = _help("verl (Ray, FSDP, vLLM; GPUs) or trl (one process; CPU or one GPU).", "verl")
+    total_steps: int = _help("Rollout steps to train for.", 100)
+    prompts_per_step: int = _help("Prompts sampled per step.", 32)
+    save_steps: int | None = _help("Save a checkpoint every this many steps (verl); null saves at the end only.", None)
+    rollout: RolloutArgs = field(default_factory=RolloutArgs)
+    actor: ActorArgs = field(default_factory=ActorArgs)
+    critic: CriticArgs = field(default_factory=CriticArgs)
+    reward: RewardArgs = field(default_factory=RewardArgs)
+    cluster: ClusterArgs = field(default_factory=ClusterArgs)
+    verl: dict[str, Any] = _help(
+        "Any verl key, passed through verbatim and applied last, e.g. {trainer.val_before_train: true}; "
+        "prefix a key verl's config lacks with + (as on verl's command line).", {})
+
+
+@dataclass
+class RLDataArgs(DataSourceArgs):
+    """Prompts with a checkable answer: `prompt` (text or messages), `ground_truth`, `data_source`; GSM8K rows too."""
+
+    prompt_key: str = _help("Field with the prompt: a string or a list of messages.", "prompt")
+    ground_truth_key: str = _help("Field with the answer the reward functions check.", "ground_truth")
+    data_source: str | None = _help("data_source for rows that have none (GSM8K rows get openai/gsm8k).", None)
+    prompt_suffix: str = _help("Text added to the end of every prompt, e.g. how to state the final answer.", "")
+
+
+def rl_checks(cfg: RunConfig, algorithm: str) -> list[tuple[str, str]]:
+    """Rules of the `rl` section, in our keys (verl's own validation runs after, on the generated config)."""
+    rl: RLArgs = cfg.sections["rl"]
+    problems = []
+    gpus = rl.cluster.nnodes * rl.cluster.n_gpus_per_node
+    if algorithm == "grpo" and rl.rollout.n < 2:
+        problems.append(("rl.rollout.n", f"GRPO compares several answers to each prompt: need n >= 2, got {rl.rollout.n}"))
+    if rl.prompts_per_step % rl.actor.ppo_mini_batch_size:
+        problems.append(("rl.actor.ppo_mini_batch_size", f"prompts_per_step ({rl.prompts_per_step}) must be a multiple "
+                         f"of ppo_mini_batch_size ({rl.actor.ppo_mini_batch_size})"))
+    if rl.backend == "verl" and (rl.prompts_per_step * rl.rollout.n) % gpus:
+        problems.append(("rl.prompts_per_step", f"prompts_per_step ({rl.prompts_per_step}) × rollout.n ({rl.rollout.n}) "
+                         f"must divide evenly over the {gpus} GPUs (nnodes × n_gpus_per_node)"))
+    if rl.backend == "verl" and (rl.actor.ppo_mini_batch_size * rl.rollout.n) % (rl.actor.ppo_micro_batch_size_per_gpu * gpus):
+        problems.append(("rl.actor.ppo_micro_batch_size_per_gpu",
+                         f"ppo_mini_batch_size ({rl.actor.ppo_mini_batch_size}) × rollout.n ({rl.rollout.n}) must be a "
+                         f"multiple of ppo_micro_batch_size_per_gpu ({rl.actor.ppo_micro_batch_size_per_gpu}) × {gpus} GPUs"))
+    if rl.reward.weights is not None and len(rl.reward.weights) != len(rl.reward.functions):
+        problems.append(("rl.reward.weights", f"{len(rl.reward.weights)} weights for {len(rl.reward.functions)} functions"))
+    if rl.reward.reward_model and rl.reward.functions:
+        problems.append(("rl.reward.functions", "a reward model scores the answers: set functions: [] (or drop reward_model)"))
+    if not rl.reward.reward_model and not rl.reward.functions:
+        problems.append(("rl.reward", "nothing scores the answers: name reward functions or a reward_model"))
+    if algorithm == "grpo" and rl.critic.model_name_or_path:
+        problems.append(("rl.critic.model_name_or_path", "GRPO uses no critic; remove it (or train with PPO)"))
+    if algorithm == "ppo" and rl.backend == "trl" and not rl.reward.reward_model:
+        problems.append(("rl.reward.reward_model", "TRL's PPO scores answers with a reward model (from train_rm.py); "
+                         "rule-based rewards run with rl.backend: verl, or with GRPO"))
+    if rl.backend == "verl":
+        for key in sorted(set(cfg.training_args) - {"output_dir", "seed"}):
+            problems.append((f"training_args.{key}", "used by rl.backend: trl only; with verl set rl.* or rl.verl"))
+    if cfg.resume and (rl.backend == "verl" or algorithm == "ppo"):
+        problems.append(("resume", "only the TRL GRPO backend resumes here; verl's own resume (trainer.resume_mode) "
+                         "and TRL's PPO have no resume in this project yet"))
+    if rl.backend == "trl" and rl.cluster != ClusterArgs():
+        problems.append(("rl.cluster", "used by rl.backend: verl only; launch the TRL backend with torchrun for several GPUs"))
+    if rl.backend == "trl" and rl.verl:
+        problems.append(("rl.verl", "verl keys do nothing with rl.backend: trl; remove them"))
+    if rl.backend == "trl" and rl.actor.entropy_coeff:
+        problems.append(("rl.actor.entropy_coeff", "TRL's trainers have no entropy bonus; it applies to rl.backend: verl"))
+    if rl.cluster.ray_address and rl.cluster.num_cpus:
+        problems.append(("rl.cluster.num_cpus", "a Ray cluster that is joined counts its own CPUs; remove num_cpus"))
+    return problems

@@ -1,0 +1,203 @@
+"""The verl backend: our YAML -> verl's PPO trainer config (its packaged hydra defaults plus generated values),
+validated by verl's own checks, run on Ray, and the actor exported as a Hugging Face model afterwards.
+
+Generated keys that verl's config lacks carry a `+`, as on verl's command line; `rl.verl` keys are applied
+last and must exist in verl's config unless they start with `+`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from self_model.config import RunConfig
+from self_model.errors import ConfigError, UserError
+from self_model.rlhf.rewards import canonical
+from self_model.rlhf.rl_config import RLArgs
+
+REWARD_HOOK = Path(__file__).resolve().parent / "verl_reward.py"
+TRACE_LOGGERS = {"none": [], "tensorboard": ["tensorboard"], "wandb": ["wandb"], "swanlab": ["swanlab"]}
+METRICS_FILE = "verl_metrics.jsonl"
+CHECKPOINT_DIR = "verl_checkpoints"
+# words in verl's validation messages -> the keys of ours that set those values
+OUR_KEYS = {
+    "train_batch_size": "rl.prompts_per_step, rl.actor.ppo_mini_batch_size",
+    "ppo_mini_batch_size": "rl.actor.ppo_mini_batch_size",
+    "micro_batch": "rl.actor.ppo_micro_batch_size_per_gpu, rl.critic.ppo_micro_batch_size_per_gpu",
+    "critic": "rl.critic",
+    "rollout": "rl.rollout",
+    "n_gpus": "rl.cluster",
+}
+
+
+def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dict[str, str], chat_template: str | None) -> dict[str, Any]:
+    """verl keys and values for this run, from our sections."""
+    rl: RLArgs = cfg.sections["rl"]
+    out = Path(cfg.output_dir).resolve()
+    micro = rl.actor.ppo_micro_batch_size_per_gpu
+    has_eval = "validation" in data_files
+    values: dict[str, Any] = {
+        "algorithm.adv_estimator": "grpo" if algorithm == "grpo" else "gae",
+        "data.train_files": [data_files["train"]],
+        "data.val_files": [data_files.get("validation", data_files["train"])],
+        "data.train_batch_size": rl.prompts_per_step,
+        "data.max_prompt_length": rl.rollout.max_prompt_length,
+        "data.max_response_length": rl.rollout.max_response_length,
+        "data.filter_overlong_prompts": True,
+        "data.seed": cfg.training_args.get("seed", 42),
+        "actor_rollout_ref.model.path": model_path,
+        "actor_rollout_ref.model.trust_remote_code": cfg.model.trust_remote_code,
+        "+actor_rollout_ref.model.override_config.attn_implementation": cfg.model.attn_implementation or "sdpa",
+        "actor_rollout_ref.actor.optim.lr": rl.actor.learning_rate,
+        "actor_rollout_ref.actor.ppo_mini_batch_size": rl.actor.ppo_mini_batch_size,
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": micro,
+        "actor_rollout_ref.actor.ppo_epochs": rl.actor.ppo_epochs,
+        "actor_rollout_ref.actor.clip_ratio": rl.actor.clip_ratio,
+        "actor_rollout_ref.actor.use_kl_loss": rl.actor.use_kl_loss,
+        "actor_rollout_ref.actor.kl_loss_coef": rl.actor.kl_loss_coef,
+        "actor_rollout_ref.actor.entropy_coeff": rl.actor.entropy_coeff,
+        "actor_rollout_ref.rollout.name": rl.rollout.engine,
+        "actor_rollout_ref.rollout.n": rl.rollout.n,
+        "actor_rollout_ref.rollout.temperature": rl.rollout.temperature,
+        "actor_rollout_ref.rollout.gpu_memory_utilization": rl.rollout.gpu_memory_utilization,
+        "actor_rollout_ref.rollout.tensor_model_parallel_size": rl.rollout.tensor_parallel_size,
+        "actor_rollout_ref.rollout.enforce_eager": rl.rollout.enforce_eager,
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": micro,
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": micro,
+        "trainer.total_training_steps": rl.total_steps,
+        "trainer.n_gpus_per_node": rl.cluster.n_gpus_per_node,
+        "trainer.nnodes": rl.cluster.nnodes,
+        "trainer.logger": ["console", "file", *(b for t in cfg.trace for b in TRACE_LOGGERS[t])],
+        "trainer.project_name": "self_model",
+        "trainer.experiment_name": out.name,
+        "trainer.default_local_dir": str(out / CHECKPOINT_DIR),
+        "trainer.save_freq": rl.save_steps or rl.total_steps,
+        "trainer.test_freq": rl.total_steps if has_eval else -1,
+        "trainer.val_before_train": bool(has_eval and cfg.eval_before_training),
+        "ray_kwargs.ray_init.num_cpus": rl.cluster.num_cpus,
+        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH": str(out / METRICS_FILE),
+    }
+    if chat_template:
+        values["actor_rollout_ref.model.custom_chat_template"] = chat_template
+    if cfg.peft.enabled:
+        values["actor_rollout_ref.model.lora_rank"] = cfg.peft.lora_r
+        values["actor_rollout_ref.model.lora_alpha"] = cfg.peft.lora_alpha
+        values["actor_rollout_ref.model.target_modules"] = cfg.peft.target_modules
+    if rl.cluster.ray_address:
+        values["+ray_kwargs.ray_init.address"] = rl.cluster.ray_address
+    if algorithm == "ppo":
+        values.update({
+            "critic.enable": True,
+            "critic.model.path": rl.critic.model_name_or_path or model_path,
+            "+critic.model.override_config.attn_implementation": cfg.model.attn_implementation or "sdpa",
+            "critic.optim.lr": rl.critic.learning_rate,
+            "critic.ppo_micro_batch_size_per_gpu": rl.critic.ppo_micro_batch_size_per_gpu,
+        })
+    if rl.reward.reward_model:
+        values.update({
+            "reward.reward_model.enable": True,
+            "reward.reward_model.model_path": rl.reward.reward_model,
+            "reward.reward_model.rollout.name": "vllm",
+            "reward.reward_model.rollout.tensor_model_parallel_size": rl.rollout.tensor_parallel_size,
+        })
+    else:
+        values.update({
+            "reward.custom_reward_function.path": str(REWARD_HOOK),
+            "reward.custom_reward_function.name": "compute_score",
+            "+reward.custom_reward_function.reward_kwargs.functions": [canonical(spec) for spec in rl.reward.functions],
+            "+reward.custom_reward_function.reward_kwargs.weights": rl.reward.weights or [1.0] * len(rl.reward.functions),
+        })
+    return values
+
+
+def compose(values: dict[str, Any], passthrough: dict[str, Any]):
+    """verl's packaged ppo_trainer config with our values, then the `rl.verl` passthrough, set on top."""
+    import verl
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer" / "config"), version_base=None):
+        conf = hydra_compose(config_name="ppo_trainer")
+    problems = []
+    for origin, items in (("generated", values), ("rl.verl", passthrough)):
+        for key, value in items.items():
+            problem = _set(conf, key, value)
+            if problem:
+                problems.append(f"{'rl.verl.' + key if origin == 'rl.verl' else key}: {problem}")
+    if problems:
+        raise ConfigError(problems, "verl config")
+    return conf
+
+
+def _set(conf, key: str, value: Any) -> str | None:
+    from omegaconf import DictConfig, OmegaConf
+
+    add = key.startswith("+")
+    key = key.lstrip("+")
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(conf, parent_key) if parent_key else conf
+    if not add and not (isinstance(parent, DictConfig) and leaf in parent.keys()):  # keys(): `???` values count
+        return "verl's config has no such key (check the spelling, or prefix it with + to add it)"
+    OmegaConf.update(conf, key, value, merge=False, force_add=add)
+    return None
+
+
+def validate(conf) -> list[str]:
+    """verl's own validation of the composed config (no GPU, no Ray); returns notes for checks it could not run."""
+    from hydra.errors import InstantiationException
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    try:
+        validate_config(config=conf, use_reference_policy=need_reference_policy(conf), use_critic=need_critic(conf))
+    except (AssertionError, ValueError, InstantiationException, OSError) as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err  # the dataclass's own error
+        message = " ".join(str(cause).split()) or type(cause).__name__
+        if "vllm version" in message and not _has_vllm():
+            return ["vLLM is not installed here, so verl's LoRA-with-vLLM checks run on the GPU machine"]
+        ours = sorted({keys for word, keys in OUR_KEYS.items() if word in message})
+        hint = f" (set by {'; '.join(ours)})" if ours else ""
+        raise ConfigError([f"verl rejected the generated config: {message}{hint}"], "verl config") from None
+    return []
+
+
+def _has_vllm() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def run(conf) -> None:
+    """verl's PPO trainer on Ray (starts a local Ray, or joins ray_kwargs.ray_init.address)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("rl.backend: verl needs CUDA GPUs; use --dry-run here to check the config, or rl.backend: trl")
+    from verl.trainer.main_ppo import main as verl_main
+
+    verl_main(conf)
+
+
+def export_actor(output_dir: Path, target: Path) -> Path:
+    """The last actor checkpoint as a Hugging Face model directory (verl's model merger; an adapter with LoRA)."""
+    root = output_dir / CHECKPOINT_DIR
+    step = (root / "latest_checkpointed_iteration.txt").read_text().strip()
+    actor = root / f"global_step_{step}" / "actor"
+    command = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir", str(actor),
+               "--target_dir", str(target)]
+    subprocess.run(command, check=True)
+    return target
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    """verl's per-step metrics (its `file` logger), in step order."""
+    path = output_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"step": row["step"], **row["data"]} for row in rows]
