@@ -21,13 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
+from data_process.synthetic import planted_corpus
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-import psutil  # noqa: E402
-
-from data_process.synthetic import planted_corpus  # noqa: E402
 
 MODES = {
     "full, 2 processes": {"processes": 2},

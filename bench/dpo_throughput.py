@@ -26,14 +26,20 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "bench")]
+from sft_throughput import (  # bench/ is the script's own folder, first on sys.path
+    QWEN25_05B,
+    SMOKE_MODEL,
+    Recorder,
+    describe_model,
+    load_tokenizer_and_renderer,
+    single_token_words,
+    timed,
+)
 
-from sft_throughput import QWEN25_05B, SMOKE_MODEL, Recorder, describe_model, load_tokenizer_and_renderer, single_token_words, timed  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 MODES = ("trl_dpo", "ours_dpo")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
@@ -42,7 +48,7 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 def make_pairs(args, tokenizer) -> list[dict]:
     rng = random.Random(args.seed)
     words = single_token_words(tokenizer)
-    text = lambda n: " ".join(rng.choice(words) for _ in range(n))  # noqa: E731
+    text = lambda n: " ".join(rng.choice(words) for _ in range(n))
     short = args.smoke
     return [{"prompt": text(rng.randint(16, 64) if short else rng.randint(64, 512)),
              "chosen": text(rng.randint(8, 32) if short else rng.randint(32, 512)),
@@ -101,18 +107,18 @@ def run_ours(spec: dict, rec: Recorder, work: Path) -> None:
     }
     path = work / "dpo.yaml"
     path.write_text(yaml.safe_dump(config))
-    train_dpo.trainer_classes = _timed_classes(train_dpo.trainer_classes, rec)  # observation only
+    train_dpo.import_class = _timed_trainers(train_dpo.import_class, rec)  # observation only
     code = train_dpo.main(["--config", str(path)])
     if code not in (0, None):
         raise RuntimeError(f"train_dpo.main exited with {code}")
 
 
-def _timed_classes(original, rec):
-    def classes(algorithm):
-        config_class, trainer_class = original(algorithm)
-        return config_class, timed(trainer_class, rec)
+def _timed_trainers(original, rec):
+    def import_class(target):
+        cls = original(target)
+        return timed(cls, rec) if target.endswith("Trainer") else cls
 
-    return classes
+    return import_class
 
 
 def worker(mode: str, spec_path: str) -> int:
@@ -135,7 +141,7 @@ def worker(mode: str, spec_path: str) -> int:
                       final_loss=float(rec.losses[-1]), batch_tokens=[int(t.sum()) for t in rec.seq_lengths],
                       ref_model_is_none=rec.trainer.ref_model is None, model=describe_model(rec.trainer.model),
                       device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
-    except BaseException as err:  # noqa: BLE001 - the mode's failure is its result
+    except BaseException as err:
         result.update(status="error", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         print(result["traceback"], file=sys.stderr)
     (Path(spec["work"]) / f"{mode}.json").write_text(json.dumps(result))
@@ -184,10 +190,10 @@ def main(argv=None) -> int:
         ours["ratio_tokens_per_s"] = ours["tokens_per_s"] / base["tokens_per_s"]
         ours["ratio_peak"] = ours["peak_gib"] / base["peak_gib"] if base["peak_gib"] else None
         ours["same_batches"] = ours["batch_tokens"] == base["batch_tokens"]
-    report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "settings": spec | {"lora": LORA},
+    report = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "settings": spec | {"lora": LORA},
               "results": results}
     (out / ("dpo_throughput_smoke.json" if args.smoke else "dpo_throughput.json")).write_text(json.dumps(report, indent=2))
-    print(f"\n| mode | tokens/s | peak GiB | first -> final loss | ref copy |\n|---|---|---|---|---|")
+    print("\n| mode | tokens/s | peak GiB | first -> final loss | ref copy |\n|---|---|---|---|---|")
     for mode, r in results.items():
         if r.get("status") == "ok":
             print(f"| {mode} | {r['tokens_per_s']:,.0f} | {r['peak_gib']:.1f} | {r['first_loss']:.4f} -> {r['final_loss']:.4f} | "

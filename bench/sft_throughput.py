@@ -74,8 +74,6 @@ import traceback
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 MODES = ("trl_defaults", "ours_full", "trl_lora", "ours_lora", "ours_qlora")
 # each of our modes against the TRL run it should match (the same training, TRL used directly)
@@ -153,7 +151,7 @@ def load_tokenizer_and_renderer():
     from transformers import AutoTokenizer
 
     from self_model.modeling import set_distinct_pad_token
-    from self_model.templates import TEMPLATE_DIR, ChatTemplate
+    from self_model.template import TEMPLATE_DIR, ChatTemplate
 
     tokenizer = AutoTokenizer.from_pretrained(str(REPO_ROOT / TOKENIZER))
     set_distinct_pad_token(tokenizer)  # what our load_tokenizer does; the baseline uses the same tokenizer
@@ -166,15 +164,15 @@ def single_token_words(tokenizer) -> list[str]:
     words = []
     for piece in tokenizer.get_vocab():
         word = piece[1:]
-        if piece.startswith("\u0120") and word.isascii() and word.isalpha():
-            if len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1:
-                words.append(word)
+        single = piece.startswith("\u0120") and word.isascii() and word.isalpha()
+        if single and len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1:
+            words.append(word)
     return sorted(words)
 
 
 def make_conversations(lengths: list[int], tokenizer, renderer, seed: int) -> list[list[dict]]:
     """One user+assistant conversation per target length whose rendered, tokenized length is exactly that."""
-    from self_model.templates import encode_conversation
+    from self_model.template import encode_conversation
 
     rng = random.Random(seed + 1)
     words = single_token_words(tokenizer)
@@ -212,8 +210,7 @@ def prepare(args, work: Path) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from self_model.config import DataArgs
-    from self_model.data import build_sft_data
+    from self_model.data.sft import SFTDataArgs, build_sft_data
 
     model_dir = work / "model"
     model_dir.mkdir(parents=True)
@@ -232,7 +229,7 @@ def prepare(args, work: Path) -> dict:
         for messages in conversations:
             handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
 
-    built = build_sft_data(DataArgs(train_file=str(train_file), max_length=args.max_len), tokenizer, renderer, args.seed)
+    built = build_sft_data(SFTDataArgs(train_file=str(train_file), max_length=args.max_len), tokenizer, renderer, args.seed)
     ids = [list(row) for row in built.train["input_ids"]]
     labels = [list(row) for row in built.train["labels"]]
     got = [len(x) for x in ids]
@@ -413,6 +410,7 @@ def save_random_base(spec: dict, work: Path) -> str:
 
 def run_ours(spec: dict, mode: str, rec: Recorder, work: Path) -> None:
     import torch
+    import trl
     import yaml
 
     from self_model.fine_tuning import train_finetune
@@ -423,7 +421,7 @@ def run_ours(spec: dict, mode: str, rec: Recorder, work: Path) -> None:
             torch.cuda.reset_peak_memory_stats()
     config_path = work / f"{mode}.yaml"
     config_path.write_text(yaml.safe_dump(ours_config(spec, mode, work), sort_keys=False))
-    train_finetune.SFTTrainer = timed(train_finetune.SFTTrainer, rec)  # observation only, see the module docstring
+    trl.SFTTrainer = timed(trl.SFTTrainer, rec)  # observation only (train() imports it from trl), see the docstring
     try:
         code = train_finetune.main(["--config", str(config_path)])
     except SystemExit as exc:  # our UserErrors exit with code 2 after printing the message
@@ -475,7 +473,7 @@ def worker(args) -> int:
             "bf16": bool(trainer.args.bf16),
             "model": describe_model(trainer.model),
         })
-    except BaseException as err:  # noqa: BLE001 - the mode's failure is the result
+    except BaseException as err:
         result.update({"status": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
         print(result["traceback"], file=sys.stderr, flush=True)
     result["worker_seconds"] = time.perf_counter() - started
@@ -671,7 +669,7 @@ def main(argv=None) -> int:
         devices = [r["device"] for r in results.values() if r.get("device")]
         model_name = "tiny Qwen2 (smoke)" if args.smoke else "Qwen2.5-0.5B-shaped Qwen2"
         report = {
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "device": devices[0] if devices else ("cuda" if cuda else f"cpu ({os.cpu_count()} cores)"),
             "python": platform.python_version(),
             "versions": versions,

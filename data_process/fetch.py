@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from self_model.data import BadRowLog, iter_source
+from self_model.data.sources import BadRowLog, iter_source
 from self_model.errors import DataError, UserError
 
 HUBS = ("huggingface", "modelscope")
@@ -88,6 +88,7 @@ def _write_jsonl(rows: Any, path: Path) -> int:
         return len(rows)
     count = 0
     with path.open("w", encoding="utf-8") as handle:
-        for count, row in enumerate(rows, start=1):
+        for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
     return count

@@ -11,13 +11,9 @@ file. Without network, or for an unknown name, it says so and writes nothing.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from data_process.fetch import HUBS, fetch  # noqa: E402
-from self_model.errors import exit_on_user_error  # noqa: E402
+from data_process.fetch import HUBS, fetch
+from self_model.errors import exit_on_user_error
 
 
 @exit_on_user_error

@@ -17,7 +17,7 @@ import regex
 import xxhash
 
 from data_process.settings import DecontaminateArgs, FilterArgs
-from self_model.data import BadRowLog, iter_source
+from self_model.data.sources import BadRowLog, iter_source
 from self_model.errors import ConfigError
 
 IDEOGRAPHS = r"\p{Han}\p{Hiragana}\p{Katakana}"

@@ -30,9 +30,9 @@ from data_process.filters import QualityFilters, eval_ngram_hashes, load_tokeniz
 from data_process.normalize import Normalizer, PiiRedactor
 from data_process.report import PREVIEW_CHARS, Report
 from data_process.settings import ProcessSettings
-from self_model.data import BadRow, BadRowLog, iter_source
+from self_model.data.schemas import SCHEMA_KEYS, check_record, detect_kind, map_texts, record_text, to_schema
+from self_model.data.sources import BadRow, BadRowLog, iter_source
 from self_model.errors import DataError, UserError
-from self_model.schemas import SCHEMA_KEYS, check_record, detect_kind, map_texts, record_text, to_schema
 
 KIND_PROBE_ROWS = 1000  # rows looked at to detect the kind of data before giving up
 FIX_HINT = "set bad_rows: skip to count and skip such rows"

@@ -10,14 +10,10 @@ Writes output_dir/subdir/{train,validation}.jsonl, report.json, report.md and le
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from data_process.pipeline import run  # noqa: E402
-from data_process.settings import load_process_settings  # noqa: E402
-from self_model.errors import exit_on_user_error  # noqa: E402
+from data_process.pipeline import run
+from data_process.settings import load_process_settings
+from self_model.errors import exit_on_user_error
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from self_model.data import BadRowLog
+from self_model.data.sources import BadRowLog
 
 STEPS = {
     "conversation": "empty or one-sided (no reply, no prompt, chosen equal to rejected)",

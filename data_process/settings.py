@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from self_model.config import _help, _path_exists_or_hub_id, check_dataclass, locate, merge_layers
+from self_model.config import check_dataclass, locate, merge_layers, option, path_exists_or_hub_id
+from self_model.data.schemas import SCHEMA_KEYS
 from self_model.errors import ConfigError
-from self_model.schemas import SCHEMA_KEYS
 
 SCRIPTS = ("latin", "han", "hiragana", "katakana", "hangul", "cyrillic", "greek", "arabic", "hebrew", "devanagari", "thai")
 PII_KINDS = ("email", "phone", "id_card")
@@ -23,22 +23,22 @@ PII_KINDS = ("email", "phone", "id_card")
 class NormalizeArgs:
     """Text normalisation, applied to every text a model reads before any filter."""
 
-    unicode: Literal["NFKC", "NFC", "none"] = _help(
+    unicode: Literal["NFKC", "NFC", "none"] = option(
         "Unicode normal form; NFKC also folds full-width letters and digits (ＡＢ１２ -> AB12) and compatibility forms.",
         "NFKC",
     )
-    cjk_punctuation: Literal["fullwidth", "halfwidth"] = _help(
+    cjk_punctuation: Literal["fullwidth", "halfwidth"] = option(
         "`fullwidth`: , ! ? : ; right after a Chinese/Japanese character become ，！？：； (elsewhere half-width); "
         "`halfwidth`: all half-width, as NFKC leaves them.",
         "fullwidth",
     )
-    whitespace: bool = _help(
+    whitespace: bool = option(
         "Unicode spaces become ' ', runs of spaces inside a line collapse (indentation is kept), trailing spaces "
         "go, three or more newlines become two, CRLF becomes LF.",
         True,
     )
-    control_chars: bool = _help("Remove control characters (except tab and newline) and invisible format characters.", True)
-    strip_html: bool = _help(
+    control_chars: bool = option("Remove control characters (except tab and newline) and invisible format characters.", True)
+    strip_html: bool = option(
         "Remove HTML tags, comments, scripts and styles, and unescape entities (off by default: code may hold tags).", False
     )
 
@@ -47,86 +47,86 @@ class NormalizeArgs:
 class FilterArgs:
     """Quality filters; null turns one off. Each removal is counted under the filter's name."""
 
-    conversations: bool = _help(
+    conversations: bool = option(
         "Remove empty or one-sided rows: empty text, SFT turns that do not alternate or end without a reply, "
         "preference pairs without a prompt or with chosen equal to rejected, RL prompts without a question or answer.",
         True,
     )
-    min_chars: int | None = _help("Fewer characters than this (all texts of a row together) removes the row.", None)
-    max_chars: int | None = _help("More characters than this removes the row.", None)
-    min_tokens: int | None = _help("Fewer tokens than this removes the row (needs `tokenizer`).", None)
-    max_tokens: int | None = _help("More tokens than this removes the row (needs `tokenizer`).", None)
-    tokenizer: str | None = _help("Tokenizer of the token filters: a tokenizer.json, a folder holding one, or a hub id.", None)
-    min_letter_ratio: float | None = _help(
+    min_chars: int | None = option("Fewer characters than this (all texts of a row together) removes the row.", None)
+    max_chars: int | None = option("More characters than this removes the row.", None)
+    min_tokens: int | None = option("Fewer tokens than this removes the row (needs `tokenizer`).", None)
+    max_tokens: int | None = option("More tokens than this removes the row (needs `tokenizer`).", None)
+    tokenizer: str | None = option("Tokenizer of the token filters: a tokenizer.json, a folder holding one, or a hub id.", None)
+    min_letter_ratio: float | None = option(
         "Share of letters (any script) in visible characters below this removes the row.", None
     )
-    max_digit_ratio: float | None = _help("Share of digits among visible characters above this removes the row.", None)
-    max_symbol_ratio: float | None = _help(
+    max_digit_ratio: float | None = option("Share of digits among visible characters above this removes the row.", None)
+    max_symbol_ratio: float | None = option(
         "Share of punctuation and symbols in visible characters above this removes the row.", None
     )
-    max_repeated_ngram_ratio: float | None = _help(
+    max_repeated_ngram_ratio: float | None = option(
         "Share of words (a Chinese/Japanese character counts as one) covered by n-grams that occur more than once "
         "in the row; above this removes the row (catches spam and generation loops).",
         None,
     )
-    repeated_ngram_size: int = _help("n of the repeated n-gram filter, in words.", 10)
-    bad_words: list[str] = _help(
+    repeated_ngram_size: int = option("n of the repeated n-gram filter, in words.", 10)
+    bad_words: list[str] = option(
         "Words or phrases to look for, case-insensitive: ASCII words match whole words, others any substring.", []
     )
-    bad_words_file: str | None = _help("A file of further bad words, one per line.", None)
-    max_bad_words: int = _help("Rows with more bad-word hits than this are removed.", 0)
-    scripts: list[Literal[SCRIPTS]] = _help(f"Scripts allowed by the script-share filter ({', '.join(SCRIPTS)}); empty: off.", [])
-    min_script_share: float = _help("Share of a row's letters that must be in `scripts`.", 0.8)
+    bad_words_file: str | None = option("A file of further bad words, one per line.", None)
+    max_bad_words: int = option("Rows with more bad-word hits than this are removed.", 0)
+    scripts: list[Literal[SCRIPTS]] = option(f"Scripts allowed by the script-share filter ({', '.join(SCRIPTS)}); empty: off.", [])
+    min_script_share: float = option("Share of a row's letters that must be in `scripts`.", 0.8)
 
 
 @dataclass
 class DecontaminateArgs:
     """Remove training rows that share a long n-gram with an evaluation set."""
 
-    eval_files: list[str] = _help("Evaluation data (files or dataset ids); every string of a row counts. Empty: off.", [])
-    ngram_size: int = _help("n-gram length in words (a Chinese/Japanese character counts as one); 13 as in GPT-3.", 13)
+    eval_files: list[str] = option("Evaluation data (files or dataset ids); every string of a row counts. Empty: off.", [])
+    ngram_size: int = option("n-gram length in words (a Chinese/Japanese character counts as one); 13 as in GPT-3.", 13)
 
 
 @dataclass
 class DedupArgs:
     """Exact and near-duplicate removal; the first copy in input order survives."""
 
-    exact: bool = _help("Remove rows identical to an earlier one after normalisation.", False)
-    near: bool = _help("Remove rows whose MinHash estimate of Jaccard similarity to an earlier row is >= threshold.", False)
-    threshold: float = _help(
+    exact: bool = option("Remove rows identical to an earlier one after normalisation.", False)
+    near: bool = option("Remove rows whose MinHash estimate of Jaccard similarity to an earlier row is >= threshold.", False)
+    threshold: float = option(
         "Jaccard similarity of character shingles at or above which rows are near-duplicates. 0.5 on 5-character "
         "shingles finds copies with about 5% of characters edited (their similarity is ~0.6).",
         0.5,
     )
-    num_perm: int = _help("MinHash permutations: more gives a finer similarity estimate, at a cost in speed and disk.", 128)
-    shingle_chars: int = _help("Characters per shingle (characters, not words, so Chinese works).", 5)
+    num_perm: int = option("MinHash permutations: more gives a finer similarity estimate, at a cost in speed and disk.", 128)
+    shingle_chars: int = option("Characters per shingle (characters, not words, so Chinese works).", 5)
 
 
 @dataclass
 class ProcessSettings:
     """Everything `process_data.py` does, from input files to train.jsonl / validation.jsonl and the report."""
 
-    input: str | list[str] | None = _help("Input files (.jsonl/.json/.parquet/.csv/.txt) or dataset ids, in order.", None)
-    output_dir: str = _help(
+    input: str | list[str] | None = option("Input files (.jsonl/.json/.parquet/.csv/.txt) or dataset ids, in order.", None)
+    output_dir: str = option(
         "Results go to output_dir/subdir: {train,validation}.jsonl and the report.", "data_process/final_data"
     )
-    subdir: str = _help("Subfolder of output_dir, e.g. finetune, pretrain, dpo, grpo.", "")
-    kind: Literal["auto", "pretrain", "sft", "preference", "rl"] = _help(
+    subdir: str = option("Subfolder of output_dir, e.g. finetune, pretrain, dpo, grpo.", "")
+    kind: Literal["auto", "pretrain", "sft", "preference", "rl"] = option(
         "Kind of data, written in the schema the stages read; `auto` detects it from the first row.", "auto"
     )
-    keys: dict[str, str] = _help(f"Rename input fields, e.g. {{prompt: query}}. Valid names: {', '.join(SCHEMA_KEYS)}.", {})
-    data_source: str | None = _help("RL rows without a data_source field get this one.", None)
-    validation_ratio: float = _help("Share of surviving rows written to validation.jsonl (chosen by a seeded hash).", 0.05)
-    seed: int = _help("Seed of the train/validation split.", 0)
-    processes: int | None = _help("Worker processes for normalise/filter/MinHash; null: one per CPU core.", None)
-    chunk_size: int = _help("Rows per task sent to a worker.", 1000)
-    bad_rows: Literal["skip", "fail"] = _help(
+    keys: dict[str, str] = option(f"Rename input fields, e.g. {{prompt: query}}. Valid names: {', '.join(SCHEMA_KEYS)}.", {})
+    data_source: str | None = option("RL rows without a data_source field get this one.", None)
+    validation_ratio: float = option("Share of surviving rows written to validation.jsonl (chosen by a seeded hash).", 0.05)
+    seed: int = option("Seed of the train/validation split.", 0)
+    processes: int | None = option("Worker processes for normalise/filter/MinHash; null: one per CPU core.", None)
+    chunk_size: int = option("Rows per task sent to a worker.", 1000)
+    bad_rows: Literal["skip", "fail"] = option(
         "A malformed row is counted and reported with file and line (`skip`), or stops the run (`fail`).", "skip"
     )
-    overwrite: bool = _help("Replace an existing output_dir/subdir.", False)
-    work_dir: str | None = _help("Where the on-disk dedup state lives during the run; null: next to the output.", None)
-    report_examples: int = _help("Removed rows kept as examples in the report, per step.", 5)
-    redact_pii: list[Literal[PII_KINDS]] = _help(f"Replace these by placeholders: {', '.join(PII_KINDS)}.", [])
+    overwrite: bool = option("Replace an existing output_dir/subdir.", False)
+    work_dir: str | None = option("Where the on-disk dedup state lives during the run; null: next to the output.", None)
+    report_examples: int = option("Removed rows kept as examples in the report, per step.", 5)
+    redact_pii: list[Literal[PII_KINDS]] = option(f"Replace these by placeholders: {', '.join(PII_KINDS)}.", [])
     normalize: NormalizeArgs = field(default_factory=NormalizeArgs)
     filters: FilterArgs = field(default_factory=FilterArgs)
     decontaminate: DecontaminateArgs = field(default_factory=DecontaminateArgs)
@@ -145,10 +145,10 @@ def load_process_settings(
     path: str | None, overrides: list[str] = (), flags: dict | None = None, check_files: bool = True
 ) -> ProcessSettings:
     """Settings from an optional YAML file, command-line flags and `key=value` overrides, checked as a whole."""
-    resolved, _, origin_of = merge_layers(path, overrides, flags)
+    merged = merge_layers(path, overrides, flags)
     problems: list[str] = []
-    settings = check_dataclass(resolved, ProcessSettings, origin_of, problems)
-    problems += validate(settings, origin_of, check_files)
+    settings = check_dataclass(merged.resolved, ProcessSettings, merged.origin_of, problems)
+    problems += validate(settings, merged.origin_of, check_files)
     if problems:
         raise ConfigError(problems, str(path) if path else "command line")
     return settings
@@ -167,7 +167,7 @@ def validate(settings: ProcessSettings, origin_of: typing.Callable[[str], str], 
         bad("input", "missing: name at least one input file or dataset id (--input)")
     for key, specs in (("input", settings.inputs), ("decontaminate.eval_files", settings.decontaminate.eval_files)):
         for spec in specs:
-            if check_files and not _path_exists_or_hub_id(spec):
+            if check_files and not path_exists_or_hub_id(spec):
                 bad(key, f"file not found: {spec}")
     for name in sorted(set(settings.keys) - set(SCHEMA_KEYS)):
         bad(f"keys.{name}", f"unknown field name (valid: {', '.join(SCHEMA_KEYS)})")

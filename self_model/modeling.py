@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from self_model.config import RunConfig
 from self_model.errors import UserError
 
 logger = logging.getLogger(__name__)
-DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
 def _not_available(kind: str, name: str, err: Exception) -> UserError:
@@ -83,7 +81,7 @@ def _torch_dtype(cfg: RunConfig, training_args):
     import torch
 
     if cfg.model.dtype != "auto":
-        return getattr(torch, DTYPES[cfg.model.dtype])
+        return getattr(torch, cfg.model.dtype)
     if cfg.peft.enabled and (training_args.bf16 or training_args.fp16):
         # frozen base weights need no float32 master copy; PEFT keeps the adapters in float32
         return torch.bfloat16 if training_args.bf16 else torch.float16
@@ -150,6 +148,7 @@ def build_peft_config(cfg: RunConfig, task_type: str = "CAUSAL_LM"):
         lora_alpha=p.lora_alpha,
         lora_dropout=p.lora_dropout,
         target_modules=p.target_modules,
+        exclude_modules=p.exclude_modules,
         modules_to_save=p.modules_to_save,
         use_dora=p.method == "dora",
         task_type=task_type,
@@ -168,6 +167,3 @@ def wrap_peft(model, cfg: RunConfig, training_args):
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad-carrying input
     return get_peft_model(model, build_peft_config(cfg))
 
-
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()

@@ -85,7 +85,7 @@ class RunDir:
     def write_manifest(self, cfg: RunConfig, stage: str, extra: dict[str, Any]) -> Path:
         manifest = {
             "stage": stage,
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
             "config_file": cfg.source,
             "git": git_state(),

@@ -9,11 +9,12 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from self_model.config import RunConfig, StageSpec, load_config
+from self_model.config import RunConfig, StageSpec, import_class, load_config
+from self_model.data.built import BuiltData
 from self_model.errors import ConfigError, exit_on_user_error
-from self_model.modeling import check_environment
+from self_model.modeling import check_environment, load_tokenizer
 from self_model.runs import RunDir, is_main_process
-from self_model.templates import IGNORE_INDEX, ChatTemplate, Renderer, use_chat_template
+from self_model.template import IGNORE_INDEX, ChatTemplate, Renderer, load_renderer, use_chat_template
 from self_model.tracking import finish_runs, setup_tracking, start_runs, tensorboard_dir
 
 logger = logging.getLogger("self_model")
@@ -43,18 +44,32 @@ def say(message: str) -> None:
         print(message, flush=True)
 
 
-def build_training_args(cfg: RunConfig, args_class: type, **owned: Any):
-    """The stage's TRL/transformers config: the user's training_args plus the fields our sections own."""
-    values = dict(cfg.training_args)
+def build_training_args(cfg: RunConfig, stage: StageSpec, owned: bool = True):
+    """The stage's TRL/transformers config: our defaults, the user's training_args, and the fields our sections own
+    (`owned` False leaves those out, for a backend that does not train through this config)."""
+    values = {**stage.default_values(cfg), **cfg.training_args, **(stage.owned_values(cfg) if owned else {})}
     for notice in check_environment(cfg, values):
         say(f"note: {notice}")
     report_to = setup_tracking(cfg.trace, values["output_dir"], values.get("run_name"))
     if "tensorboard" in report_to:
         values.setdefault("logging_dir", tensorboard_dir(values["output_dir"]))
     try:
-        return args_class(**values, **owned, report_to=report_to)
+        return import_class(stage.args_class_path(cfg.sections))(**values, report_to=report_to)
     except ValueError as err:
         raise ConfigError([f"training_args: {str(err).strip()}"], cfg.source) from None
+
+
+def open_stage(cfg: RunConfig, stage: StageSpec, dry_run: bool, chat: bool = True, owned: bool = True):
+    """The first steps of every stage: output_dir policy, training arguments, tokenizer and, for chat data, the
+    template (also set as the tokenizer's chat template, which TRL's trainers and vLLM render with)."""
+    run = RunDir.prepare(cfg, dry_run=dry_run)
+    training_args = build_training_args(cfg, stage, owned)
+    tokenizer = load_tokenizer(cfg)
+    renderer = None
+    if chat:
+        renderer = load_renderer(cfg, tokenizer, cfg.tokenizer_name_or_path or cfg.model_name_or_path)
+        use_chat_template(tokenizer, renderer)
+    return run, training_args, tokenizer, renderer
 
 
 def fit(trainer, run: RunDir, eval_before: bool) -> dict:
@@ -97,6 +112,8 @@ def describe_metrics(metrics: dict) -> str:
             parts.append(f"{name} {before}{metrics[key]:.4g}")
     if "train_loss" in metrics:
         parts.append(f"train loss {metrics['train_loss']:.4f}")
+    if "reward_first" in metrics:
+        parts.append(f"mean reward {metrics['reward_first']:.3f} (first logged step) -> {metrics['reward_last']:.3f} (last)")
     return ", ".join(parts) or "no metrics"
 
 
@@ -118,27 +135,34 @@ def highlight(tokenizer, input_ids: list[int], labels: list[int]) -> str:
     return "".join(pieces)
 
 
-def report_data(data, tokenizer, preview_examples: int) -> None:
+def report_data(data: BuiltData, tokenizer, preview_examples: int) -> None:
     """Statistics, skipped rows and the first examples with their trained tokens marked."""
     for split, stats in data.stats.items():
         for line in stats.lines(split):
             say(line)
     if data.bad_rows.total:
         say(data.bad_rows.summary())
-    for index, row in enumerate(data.preview_rows(tokenizer)[:preview_examples]):
+    for index, row in enumerate(data.preview_rows()[:preview_examples]):
         title = row.get("title", f"example {index}")
         say(f"--- {title} (trained tokens marked) ---\n{highlight(tokenizer, row['input_ids'], row['labels'])}")
 
 
-def write_preview(run: RunDir, cfg: RunConfig, data, tokenizer) -> None:
-    rows = data.preview_rows(tokenizer)
+def present_data(run: RunDir, cfg: RunConfig, data: BuiltData, tokenizer, dry_run: bool) -> bool:
+    """Report the data; a dry run also writes the preview and the resolved config. Returns True when the run ends
+    here (a dry run)."""
+    report_data(data, tokenizer, cfg.data.preview_examples)
+    if not dry_run:
+        return False
+    rows = data.preview_rows()
     path = run.write_jsonl("preview.jsonl", rows)
     run.write_yaml("dry_run_config.yaml", cfg.resolved)
     say(f"dry run: {len(rows)} examples written to {path}; no model weights were loaded")
+    return True
 
 
-def save_final(trainer, tokenizer, renderer: Renderer | None, run: RunDir, cfg: RunConfig, stage: str, extra: dict) -> None:
-    """Save model or adapter, tokenizer with the chat template, resolved config and manifest (rank 0)."""
+def save_final(trainer, tokenizer, renderer: Renderer | None, run: RunDir, cfg: RunConfig, stage: str,
+               data: BuiltData, metrics: dict, **extra: Any) -> None:
+    """Save model or adapter, tokenizer with the chat template, resolved config and manifest (rank 0), and say so."""
     trainer.save_model(str(run.path))
     if not trainer.is_world_process_zero():
         return
@@ -149,7 +173,9 @@ def save_final(trainer, tokenizer, renderer: Renderer | None, run: RunDir, cfg: 
         )
     tokenizer.save_pretrained(str(run.path))
     run.write_yaml("config.yaml", cfg.resolved)
-    run.write_manifest(cfg, stage, extra)
+    run.write_manifest(cfg, stage, {**extra, "data": data.manifest(), "metrics": metrics})
+    label = ", ".join(str(v) for v in (extra.get("algorithm"), extra.get("backend")) if v)
+    say(f"done{f' ({label})' if label else ''}: {describe_metrics(metrics)}; saved to {run.path}")
 
 
 def save_merged(trainer, tokenizer, path) -> None:

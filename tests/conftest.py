@@ -1,22 +1,8 @@
-"""Shared fixtures: the repo's tiny offline assets, ../shared (skipped when absent), a CLI runner."""
+"""Pytest hooks: GPU tests skip on a machine without CUDA."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TINY = REPO / "examples" / "tiny"
-TINY_TOKENIZER = TINY / "tokenizer"
-TINY_MODEL_CONFIG = TINY / "model_config.json"
-SFT_TRAIN = TINY / "data" / "sft_train.jsonl"
-SFT_EVAL = TINY / "data" / "sft_eval.jsonl"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,63 +13,3 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared; skips the test when it is absent."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent")
-    return path
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def write_yaml(path: Path, data: dict) -> Path:
-    import yaml
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def run_script(script: str, *args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a stage script as a user would; returns the completed process (text output)."""
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *args], cwd=cwd, env=script_env(), capture_output=True, text=True, timeout=timeout
-    )
-
-
-def script_env() -> dict[str, str]:
-    """The environment for a script under test: offline, unbuffered, no trackers."""
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def tiny_sft_config(tmp_path: Path, **sections) -> dict:
-    """A config for the tiny demo model writing into tmp_path; keyword sections are merged on top."""
-    config = {
-        "tokenizer_name_or_path": str(TINY_TOKENIZER),
-        "template": "qwen2_chatml",
-        "model": {"init_from_config": str(TINY_MODEL_CONFIG)},
-        "data": {"train_file": f"{SFT_TRAIN}#96", "eval_file": f"{SFT_EVAL}#32", "max_length": 128},
-        "trace": "none",
-        "training_args": {
-            "output_dir": str(tmp_path / "out"),
-            "per_device_train_batch_size": 8,
-            "learning_rate": 3e-3,
-            "max_steps": 12,
-            "logging_steps": 4,
-            "save_strategy": "no",
-            "seed": 0,
-        },
-    }
-    for name, values in sections.items():
-        if isinstance(values, dict) and isinstance(config.get(name), dict):
-            config[name] = {**config[name], **values}
-        else:
-            config[name] = values
-    return config

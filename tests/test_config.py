@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SFT_TRAIN, TINY_MODEL_CONFIG, TINY_TOKENIZER, run_script, write_yaml
 
 from data_process.settings import load_process_settings
-from self_model.config import StageSpec, load_config_file
+from self_model.config import StageSpec, import_class, load_config_file, training_arg_types
 from self_model.errors import ConfigError
 from self_model.fine_tuning.train_finetune import STAGE as SFT_STAGE
 from self_model.pretrain.train_pretrain import STAGE as PRETRAIN_STAGE
 from self_model.rlhf.train_dpo import STAGE as DPO_STAGE
+from self_model.rlhf.train_dpo import TRAINERS
 from self_model.rlhf.train_grpo import STAGE as GRPO_STAGE
 from self_model.rlhf.train_ppo import STAGE as PPO_STAGE
 from self_model.rlhf.train_rm import STAGE as RM_STAGE
 from self_model.tracking import ENV_KEYS, load_settings
+from tests.helpers import REPO, SFT_TRAIN, TINY_MODEL_CONFIG, TINY_TOKENIZER, run_script, write_yaml
 
 STAGE_BY_PREFIX = {"finetune": SFT_STAGE, "sft": SFT_STAGE, "pretrain": PRETRAIN_STAGE, "rm": RM_STAGE, "dpo": DPO_STAGE, "grpo": GRPO_STAGE,
                    "ppo": PPO_STAGE}
@@ -202,6 +206,50 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
     assert "peft.lora_rank" in result.stderr and "did you mean 'lora_r'?" in result.stderr
     assert "model_name_or_path" in result.stderr  # the missing model is reported in the same message
     assert "Traceback" not in result.stderr
+
+
+CONFIG_CLASSES = sorted({SFT_STAGE.training_args_class, PRETRAIN_STAGE.training_args_class, RM_STAGE.training_args_class,
+                         GRPO_STAGE.training_args_class, PPO_STAGE.training_args_class,
+                         *(config_class for config_class, _ in TRAINERS.values())})
+
+
+@pytest.mark.parametrize("target", CONFIG_CLASSES)
+def test_training_fields_read_from_source_are_the_class_fields(target):
+    """The fields validation reads from the library's source (no import) are exactly those of the class."""
+    from self_model.config.schema import field_types
+
+    read = training_arg_types(target)
+    real = field_types(import_class(target))
+    assert set(read) == set(real)
+    for name in ("learning_rate", "per_device_train_batch_size", "bf16", "seed"):
+        assert read[name] == real[name], name
+
+
+STAGE_SCRIPTS = ["self_model/pretrain/train_pretrain.py", SFT_SCRIPT, "self_model/rlhf/train_rm.py",
+                 "self_model/rlhf/train_dpo.py", "self_model/rlhf/train_grpo.py", "self_model/rlhf/train_ppo.py"]
+HEAVY = ("torch", "transformers", "trl", "verl", "datasets")
+
+
+@pytest.mark.parametrize("script", STAGE_SCRIPTS)
+def test_config_error_comes_before_any_heavy_import(tmp_path, script):
+    """A typo is answered from the config alone: neither torch nor any trainer library is imported first."""
+    path = write_yaml(tmp_path / "bad.yaml", {"model_name_or_path": "org/model", "data": {"train_file": str(SFT_TRAIN)},
+                                             "training_args": {"learnin_rate": 1.0}})
+    probe = (f"import runpy, sys\nsys.argv = [{script!r}, '--config', {str(path)!r}]\n"
+             f"try:\n    runpy.run_path({str(REPO / script)!r}, run_name='__main__')\n"
+             f"except SystemExit as exit:\n    print('exit', exit.code, [m for m in {HEAVY!r} if m in sys.modules])\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert "training_args.learnin_rate: unknown key; did you mean 'learning_rate'?" in result.stderr, result.stderr
+    assert result.stdout.strip() == "exit 2 []", result.stdout + result.stderr
+
+
+def test_config_error_is_answered_in_seconds(tmp_path):
+    path = write_yaml(tmp_path / "bad.yaml", {"data": {"train_file": str(SFT_TRAIN)}, "peft": {"lora_rank": 4}})
+    start = time.perf_counter()
+    result = run_script(SFT_SCRIPT, "--config", str(path))
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 2
+    assert elapsed < 10, f"{elapsed:.1f} s (about 1 s on 2 idle cores; importing torch first takes far longer)"
 
 
 def test_cli_missing_config_file(tmp_path):

@@ -7,13 +7,15 @@ import re
 
 import pandas as pd
 import pytest
-from conftest import shared_path, write_jsonl
 
-from self_model.config import DataArgs
-from self_model.data import BadRowLog, build_sft_data, read_source, row_to_messages
+from self_model.data.conversations import row_to_messages
+from self_model.data.sft import SFTDataArgs as DataArgs
+from self_model.data.sft import build_sft_data
+from self_model.data.sources import BadRowLog, read_source
 from self_model.errors import DataError
 from self_model.modeling import set_distinct_pad_token
-from self_model.templates import TEMPLATE_DIR, ChatTemplate
+from self_model.template import TEMPLATE_DIR, ChatTemplate
+from tests.helpers import FORMATS, shared_path, write_jsonl
 
 KEYS = {k: k for k in ("messages", "conversations", "system", "instruction", "input", "output", "history")}
 EXPECTED = [
@@ -68,7 +70,7 @@ def test_bad_rows_fail_with_file_and_line(tmp_path):
     ],
 )
 def test_bad_row_reasons(row, reason):
-    from self_model.data import BadRow
+    from self_model.data.sources import BadRow
 
     with pytest.raises(BadRow, match=re.escape(reason)):
         row_to_messages(row, "auto", KEYS)
@@ -76,8 +78,9 @@ def test_bad_row_reasons(row, reason):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from conftest import TINY_TOKENIZER
     from transformers import AutoTokenizer
+
+    from tests.helpers import TINY_TOKENIZER
 
     tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
     set_distinct_pad_token(tok)
@@ -133,6 +136,17 @@ def test_missing_dataset_id_is_a_clear_error(tokenizer, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="not a local file and could not be loaded as a dataset id"):
         read_source("someone/no-such-dataset", BadRowLog("fail"))
+
+
+@pytest.mark.parametrize("name", ["alpaca.json", "sharegpt.json"])
+def test_sft_formats_in_assets(name, tokenizer):
+    data = build_sft_data(DataArgs(train_file=str(FORMATS / name), max_length=256), tokenizer, qwen_template(), seed=0)
+    assert len(data.train) == 24 and data.bad_rows.total == 0
+    assert 0 < data.stats["train"].trained_tokens < data.stats["train"].tokens
+    texts = data.preview_rows()
+    own_system = [row for row in texts if "<|im_start|>system\nYou are a helpful assistant.<|im_end|>" not in row["text"]]
+    assert bool(own_system) == (name == "sharegpt.json")  # the rows' own system turns replace the default
+    assert any(row["text"].count("<|im_start|>assistant") > 1 for row in texts)  # history / several exchanges
 
 
 @pytest.mark.parametrize("name", ["alpaca_en_demo.json", "alpaca_zh_demo.json", "identity.json"])

@@ -6,10 +6,10 @@ import json
 
 import datasets
 import pytest
-from conftest import run_script
 
 from data_process.fetch import fetch, output_name
 from self_model.errors import DataError, UserError
+from tests.helpers import run_script
 
 SCRIPT = "data_process/fetch_dataset.py"
 

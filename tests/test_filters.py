@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_TOKENIZER
 
 from data_process.filters import QualityFilters, eval_ngram_hashes, repeated_ngram_ratio, words
 from data_process.settings import DecontaminateArgs, FilterArgs
+from tests.helpers import TINY_TOKENIZER
 
 PROSE = "The river runs past the old mill, and the children watch the boats drift slowly toward the sea."
 CHINESE = "河水流过老磨坊，孩子们看着小船慢慢地漂向大海。"

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import SHARED, TINY_TOKENIZER, shared_path, write_jsonl
 
 from data_process.pipeline import run
 from data_process.settings import load_process_settings
 from data_process.synthetic import planted_corpus
-from self_model.config import DataArgs
-from self_model.data import build_sft_data
+from self_model.data.sft import SFTDataArgs as DataArgs
+from self_model.data.sft import build_sft_data
 from self_model.errors import ConfigError, DataError, UserError
-from self_model.templates import TEMPLATE_DIR, ChatTemplate
+from self_model.template import TEMPLATE_DIR, ChatTemplate
+from tests.helpers import SHARED, TINY_TOKENIZER, shared_path, write_jsonl
 
 SYSTEM = {"role": "system", "content": "Be brief."}
 USER = {"role": "user", "content": "What is 2 + 2?"}

@@ -9,43 +9,46 @@ from __future__ import annotations
 
 import json
 import random
-import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL_CONFIG, TINY_TOKENIZER, run_script, shared_path, write_jsonl, write_yaml
 
-from self_model.config import PreferenceDataArgs, load_config_file
-from self_model.data import BadRow
+from data_process import make_sample_data
+from self_model.config import load_config_file
+from self_model.data.preference import PreferenceDataArgs, row_to_preference
+from self_model.data.sources import BadRow
 from self_model.errors import ConfigError
-from self_model.preference_data import row_to_preference
 from self_model.rlhf import train_dpo, train_rm
-
-sys.path.insert(0, str(REPO / "data_process"))
-import make_sample_data  # noqa: E402
+from tests.helpers import TINY_MODEL_CONFIG, TINY_TOKENIZER, run_script, shared_path, write_jsonl, write_yaml
 
 DPO_SCRIPT = "self_model/rlhf/train_dpo.py"
 ROW = PreferenceDataArgs()
 
 
+def language_pairs_rows(rng: random.Random, n: int) -> list[dict]:
+    """A sum asked in English or Chinese; chosen answers in the question's language, rejected in the other. A reward
+    model must read the prompt to rank them, and held-out pairs hold sums it never saw."""
+    rows = []
+    for _ in range(n):
+        op = rng.choice(list(make_sample_data.OPS))
+        zh_op, fn = make_sample_data.OPS[op]
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        english = (f"What is {a} {op} {b}?", f"{a} {op} {b} = {fn(a, b)}.")
+        chinese = (f"计算 {a} {zh_op} {b}。", f"{a} {zh_op} {b} 等于 {fn(a, b)}。")
+        asked, other = (english, chinese) if rng.random() < 0.5 else (chinese, english)
+        rows.append({"prompt": asked[0], "chosen": asked[1], "rejected": other[1]})
+    return rows
+
+
 @pytest.fixture(scope="module")
-def capital_pairs(tmp_path_factory):
-    """600 training and 100 held-out capital pairs."""
+def language_pairs(tmp_path_factory):
+    """400 training and 100 held-out language-matching pairs."""
     rng = random.Random(5)
-    folder = tmp_path_factory.mktemp("pairs")
-    train = write_jsonl(folder / "train.jsonl", make_sample_data.preference_rows(rng, 600, [make_sample_data.capital]))
-    evaluation = write_jsonl(folder / "eval.jsonl", make_sample_data.preference_rows(rng, 100, [make_sample_data.capital]))
+    folder = tmp_path_factory.mktemp("language_pairs")
+    train = write_jsonl(folder / "train.jsonl", language_pairs_rows(rng, 400))
+    evaluation = write_jsonl(folder / "eval.jsonl", language_pairs_rows(rng, 100))
     return str(train), str(evaluation)
-
-
-@pytest.fixture(scope="module")
-def wider_model_config(tmp_path_factory):
-    """The tiny model with 128 hidden units and 4 layers: the 64-wide one ranks capitals too unreliably for a test."""
-    config = json.loads(TINY_MODEL_CONFIG.read_text())
-    config.update(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
-    path = tmp_path_factory.mktemp("model") / "config.json"
-    path.write_text(json.dumps(config))
-    return str(path)
 
 
 def config(tmp_path, pairs, **sections) -> dict:
@@ -54,7 +57,7 @@ def config(tmp_path, pairs, **sections) -> dict:
         "template": "qwen2_chatml",
         "eval_before_training": True,
         "model": {"init_from_config": str(TINY_MODEL_CONFIG)},
-        "data": {"train_file": pairs[0], "eval_file": pairs[1], "max_length": 128},
+        "data": {"train_file": pairs[0], "eval_file": pairs[1], "max_length": 64},
         "trace": "none",
         "training_args": {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 16,
                           "per_device_eval_batch_size": 100, "learning_rate": 1e-3, "lr_scheduler_type": "cosine",
@@ -113,11 +116,11 @@ def test_bad_preference_rows(row, message):
 # ---------------------------------------------------------------- reward model
 
 
-def test_reward_model_learns_held_out_pairs_and_reloads(tmp_path, capital_pairs, wider_model_config):
+def test_reward_model_learns_held_out_pairs_and_reloads(tmp_path, language_pairs):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    trainer = train_rm.train(load(train_rm.STAGE, tmp_path, capital_pairs, model={"init_from_config": wider_model_config},
-                                  training_args={"num_train_epochs": 12}))
+    trainer = train_rm.train(load(train_rm.STAGE, tmp_path, language_pairs, data={"max_length": 64},
+                                  training_args={"max_steps": 80}))
     metrics = metrics_of(tmp_path)
     assert metrics["eval_accuracy"] >= 0.9, metrics
     assert metrics["eval_margin"] > metrics["eval_margin_before"] + 1.0, metrics
@@ -125,7 +128,7 @@ def test_reward_model_learns_held_out_pairs_and_reloads(tmp_path, capital_pairs,
     out = tmp_path / "out"
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
-    row = json.loads(open(capital_pairs[1], encoding="utf-8").readline())
+    row = json.loads(Path(language_pairs[1]).read_text(encoding="utf-8").splitlines()[0])
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row[k]}],
                                            tokenize=False) for k in ("chosen", "rejected")]
     with torch.no_grad():
@@ -135,14 +138,14 @@ def test_reward_model_learns_held_out_pairs_and_reloads(tmp_path, capital_pairs,
     assert (out / "template.json").is_file() and "<|im_start|>" in tokenizer.chat_template
 
 
-def test_lora_reward_model_saves_a_merged_model(tmp_path, capital_pairs):
+def test_lora_reward_model_saves_a_merged_model(tmp_path, language_pairs):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     base = tmp_path / "base"
-    train_rm.train(load(train_rm.STAGE, tmp_path / "b", capital_pairs, eval_before_training=False,
+    train_rm.train(load(train_rm.STAGE, tmp_path / "b", language_pairs, eval_before_training=False,
                         training_args={"output_dir": str(base), "max_steps": 1}))
-    train_rm.train(load(train_rm.STAGE, tmp_path, capital_pairs, model_name_or_path=str(base), model={"init_from_config": None},
+    train_rm.train(load(train_rm.STAGE, tmp_path, language_pairs, model_name_or_path=str(base), model={"init_from_config": None},
                         peft={"enabled": True, "target_modules": "all-linear"}, training_args={"max_steps": 10}))
     out = tmp_path / "out"
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -156,9 +159,9 @@ def test_lora_reward_model_saves_a_merged_model(tmp_path, capital_pairs):
 # ---------------------------------------------------------------- DPO family
 
 
-def test_dpo_raises_held_out_reward_accuracy(tmp_path, capital_pairs):
-    trainer = train_dpo.train(load(train_dpo.STAGE, tmp_path, capital_pairs, dpo={"beta": 0.1},
-                                   training_args={"num_train_epochs": 4}))
+def test_dpo_raises_held_out_reward_accuracy(tmp_path, language_pairs):
+    trainer = train_dpo.train(load(train_dpo.STAGE, tmp_path, language_pairs, dpo={"beta": 0.1},
+                                   training_args={"max_steps": 60}))
     metrics = metrics_of(tmp_path)
     assert metrics["eval_rewards/accuracies"] >= 0.8, metrics
     assert metrics["eval_rewards/margins"] > metrics["eval_rewards/margins_before"] + 0.5, metrics
@@ -172,10 +175,10 @@ def _parameter_bytes(*modules) -> int:
     return sum(storages.values())
 
 
-def test_lora_dpo_makes_no_reference_copy(tmp_path, capital_pairs):
+def test_lora_dpo_makes_no_reference_copy(tmp_path, language_pairs):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    trainer = train_dpo.train(load(train_dpo.STAGE, tmp_path, capital_pairs, eval_before_training=False,
+    trainer = train_dpo.train(load(train_dpo.STAGE, tmp_path, language_pairs, eval_before_training=False,
                                    peft={"enabled": True, "target_modules": "all-linear"}, training_args={"max_steps": 3}))
     assert trainer.ref_model is None  # TRL switches the adapter off for the reference
     base_bytes = _parameter_bytes(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY_MODEL_CONFIG)))
@@ -184,8 +187,8 @@ def test_lora_dpo_makes_no_reference_copy(tmp_path, capital_pairs):
 
 
 @pytest.mark.parametrize("algorithm", ["kto", "orpo", "cpo", "simpo"])
-def test_other_algorithms_train_with_falling_loss(tmp_path, capital_pairs, algorithm):
-    trainer = train_dpo.train(load(train_dpo.STAGE, tmp_path, capital_pairs, dpo={"algorithm": algorithm},
+def test_other_algorithms_train_with_falling_loss(tmp_path, language_pairs, algorithm):
+    trainer = train_dpo.train(load(train_dpo.STAGE, tmp_path, language_pairs, dpo={"algorithm": algorithm},
                                    training_args={"max_steps": 30}))
     metrics = metrics_of(tmp_path)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -223,14 +226,14 @@ def test_dpo_on_llama_factory_chinese_pairs(tmp_path):
         ({"training_args": {"beta": 0.5}}, "use `dpo.beta` instead"),
     ],
 )
-def test_bad_dpo_configs(tmp_path, capital_pairs, sections, expected):
+def test_bad_dpo_configs(tmp_path, language_pairs, sections, expected):
     with pytest.raises(ConfigError) as err:
-        load(train_dpo.STAGE, tmp_path, capital_pairs, **sections)
+        load(train_dpo.STAGE, tmp_path, language_pairs, **sections)
     assert expected in str(err.value)
 
 
-def test_dry_run_shows_masked_pairs_and_unpaired_rows_need_kto(tmp_path, capital_pairs):
-    path = write_yaml(tmp_path / "dpo.yaml", config(tmp_path, capital_pairs))
+def test_dry_run_shows_masked_pairs_and_unpaired_rows_need_kto(tmp_path, language_pairs):
+    path = write_yaml(tmp_path / "dpo.yaml", config(tmp_path, language_pairs))
     result = run_script(DPO_SCRIPT, "--config", str(path), "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--- example 0 (chosen)" in result.stdout and "--- example 0 (rejected)" in result.stdout

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, TINY_MODEL_CONFIG, TINY_TOKENIZER, run_script, shared_path, write_jsonl, write_yaml
 
-from self_model.config import TextDataArgs, load_config_file
+from self_model.config import load_config_file
+from self_model.data.text import TextDataArgs, build_text_data
 from self_model.errors import ConfigError, DataError
 from self_model.pretrain.train_pretrain import STAGE, train
-from self_model.text_data import build_text_data
+from tests.helpers import TINY, TINY_MODEL_CONFIG, TINY_TOKENIZER, run_script, shared_path, write_jsonl, write_yaml
 
 PRETRAIN_SCRIPT = "self_model/pretrain/train_pretrain.py"
 CORPUS = TINY / "data" / "corpus.txt"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import REPO, run_script, write_jsonl, write_yaml
+from tests.helpers import REPO, run_script, write_jsonl, write_yaml
 
 SCRIPT = "data_process/process_data.py"
 

@@ -6,18 +6,32 @@ import json
 
 import pytest
 import yaml
-from conftest import REPO, TINY, TINY_MODEL_CONFIG, TINY_TOKENIZER, run_script, shared_path, write_jsonl, write_yaml
 
 from self_model.config import load_config_file
-from self_model.data import BadRowLog, read_source
+from self_model.data.rl import RLDataArgs, row_to_prompt, verl_row
+from self_model.data.sources import BadRowLog, read_source
 from self_model.errors import ConfigError
-from self_model.rlhf import rewards
-from self_model.rlhf.rl_config import RLDataArgs
-from self_model.rlhf.rl_data import to_record, verl_row
+from self_model.rlhf import rewards, rl_stage
 from self_model.rlhf.train_grpo import STAGE as GRPO_STAGE
-from self_model.rlhf.train_grpo import train as train_grpo
 from self_model.rlhf.train_ppo import STAGE as PPO_STAGE
-from self_model.rlhf.train_ppo import train as train_ppo
+from tests.helpers import (
+    REPO,
+    TINY,
+    TINY_MODEL_CONFIG,
+    TINY_TOKENIZER,
+    run_script,
+    shared_path,
+    write_jsonl,
+    write_yaml,
+)
+
+
+def train_grpo(cfg, dry_run=False):
+    return rl_stage.train(cfg, GRPO_STAGE, dry_run)
+
+
+def train_ppo(cfg, dry_run=False):
+    return rl_stage.train(cfg, PPO_STAGE, dry_run)
 
 PROMPTS = TINY / "data" / "rl_prompts.jsonl"
 GRPO_SCRIPT = "self_model/rlhf/train_grpo.py"
@@ -55,11 +69,11 @@ def test_math_accuracy_on_real_gsm8k_answers():
     rows = [json.loads(line) for line in shared_path("data", "gsm8k", "test.jsonl").read_text().splitlines()[:200]]
     data = RLDataArgs()
     for row in rows:
-        truth = to_record(row, data)["ground_truth"]
+        truth = row_to_prompt(row, data)["ground_truth"]
         assert rewards.math_accuracy(row["answer"], truth) == 1.0, row["answer"][-60:]
         assert rewards.answer_format(row["answer"]) == 1.0
     wrong = rows[0]["answer"].rsplit("####", 1)[0] + "#### 99999"
-    assert rewards.math_accuracy(wrong, to_record(rows[0], data)["ground_truth"]) == 0.0
+    assert rewards.math_accuracy(wrong, row_to_prompt(rows[0], data)["ground_truth"]) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -125,7 +139,7 @@ def test_gsm8k_rows_become_verl_parquet(tmp_path):
 
     rows = read_source(f"{shared_path('data', 'gsm8k', 'train.jsonl')}#64", BadRowLog("fail"))
     data = RLDataArgs(prompt_suffix=" Answer after ####.")
-    records = [to_record(row.data, data) for row in rows]
+    records = [row_to_prompt(row.data, data) for row in rows]
     frame = pd.DataFrame([verl_row(r, i, "train") for i, r in enumerate(records)])
     frame.to_parquet(tmp_path / "train.parquet")
     back = pd.read_parquet(tmp_path / "train.parquet")
@@ -137,7 +151,7 @@ def test_gsm8k_rows_become_verl_parquet(tmp_path):
 
 
 def test_generated_prompts_convert_and_bad_rows_are_named(tmp_path):
-    good = to_record({"prompt": [{"role": "user", "content": "2+2?"}], "ground_truth": 4, "data_source": "toy"}, RLDataArgs())
+    good = row_to_prompt({"prompt": [{"role": "user", "content": "2+2?"}], "ground_truth": 4, "data_source": "toy"}, RLDataArgs())
     assert good == {"prompt": [{"role": "user", "content": "2+2?"}], "ground_truth": "4", "data_source": "toy"}
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "ground_truth": "1", "data_source": "t"}, {"prompt": "b"}])
     cfg = load(GRPO_STAGE, tmp_path, data={"train_file": str(path)})

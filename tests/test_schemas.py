@@ -6,10 +6,10 @@ import json
 import re
 
 import pytest
-from conftest import shared_path
 
-from self_model.data import BadRow
-from self_model.schemas import SCHEMA_KEYS, check_record, detect_kind, map_texts, record_text, to_schema
+from self_model.data.schemas import SCHEMA_KEYS, check_record, detect_kind, map_texts, record_text, to_schema
+from self_model.data.sources import BadRow, BadRowLog, iter_source
+from tests.helpers import FORMATS, shared_path
 
 USER = {"role": "user", "content": "What is 2 + 2?"}
 REPLY = {"role": "assistant", "content": "4."}
@@ -107,11 +107,24 @@ def test_map_texts_leaves_labels_alone():
     assert record_text(CONVERSATIONAL, "preference") == "What is 2 + 2?\n4.\n5."
 
 
+@pytest.mark.parametrize("name, kind", [("alpaca.json", "sft"), ("sharegpt.json", "sft"), ("dpo_sharegpt.json", "preference"),
+                                        ("kto.json", "sft"), ("text.jsonl", "pretrain"), ("documents.txt", "pretrain"),
+                                        ("gsm8k.jsonl", "rl")])
+def test_asset_formats_convert(name, kind):
+    rows = list(iter_source(str(FORMATS / name), BadRowLog("fail"), txt_documents="blank_line"))
+    assert len(rows) == 24
+    records = [convert(row.data) for row in rows]
+    assert {k for k, _ in records} == {kind}
+    if kind == "preference":
+        assert all(r["prompt"][-1]["role"] == "user" and [t["role"] for t in r["chosen"]] == ["assistant"] for _, r in records)
+    if kind == "rl":
+        assert all(r["data_source"] == "openai/gsm8k" and "," not in r["ground_truth"] for _, r in records)
+        assert records[0][1]["ground_truth"] == rows[0].data["answer"].rsplit("#### ", 1)[1].replace(",", "")
+
+
 @pytest.mark.parametrize("name, kind", [("dpo_en_demo.json", "preference"), ("dpo_zh_demo.json", "preference"),
                                         ("alpaca_zh_demo.json", "sft"), ("c4_demo.jsonl", "pretrain")])
 def test_llamafactory_demo_sets_convert(name, kind):
-    from self_model.data import BadRowLog, iter_source
-
     rows = list(iter_source(str(shared_path("data", "llamafactory", name)), BadRowLog("fail")))
     for row in rows:
         assert convert(row.data)[0] == kind, row.where
@@ -121,8 +134,6 @@ def test_llamafactory_demo_sets_convert(name, kind):
 
 
 def test_gsm8k_rows_become_rl_prompts():
-    from self_model.data import BadRowLog, iter_source
-
     rows = list(iter_source(str(shared_path("data", "gsm8k", "test.jsonl")), BadRowLog("fail")))
     records = [convert(row.data)[1] for row in rows]
     assert len(records) == 1319 and {r["data_source"] for r in records} == {"openai/gsm8k"}

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, SFT_TRAIN, TINY_TOKENIZER, run_script, script_env, tiny_sft_config, write_yaml
 
 from self_model.config import load_config_file
 from self_model.fine_tuning.train_finetune import STAGE, train
-from self_model.templates import IGNORE_INDEX
+from self_model.template import IGNORE_INDEX
+from tests.helpers import REPO, SFT_TRAIN, TINY_TOKENIZER, run_script, script_env, tiny_sft_config, write_yaml
 
 SFT_SCRIPT = "self_model/fine_tuning/train_finetune.py"
 
@@ -80,9 +80,9 @@ def test_masked_tokens_get_no_gradient(tmp_path):
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from self_model.data import build_sft_data
+    from self_model.data.sft import build_sft_data
     from self_model.modeling import load_tokenizer
-    from self_model.templates import load_renderer
+    from self_model.template import load_renderer
 
     cfg = load(tmp_path)
     tokenizer = load_tokenizer(cfg)

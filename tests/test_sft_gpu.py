@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, script_env, tiny_sft_config, write_yaml
 
 from self_model.config import load_config_file
 from self_model.fine_tuning.train_finetune import STAGE, train
+from tests.helpers import REPO, script_env, tiny_sft_config, write_yaml
 
 pytestmark = pytest.mark.gpu
 SFT_SCRIPT = "self_model/fine_tuning/train_finetune.py"

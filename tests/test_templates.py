@@ -17,10 +17,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from self_model.config import TEMPLATE_DIR
 from self_model.errors import ConfigError, DataError
 from self_model.modeling import set_distinct_pad_token
-from self_model.templates import IGNORE_INDEX, ChatTemplate, TokenizerTemplate, encode_conversation
+from self_model.template import IGNORE_INDEX, TEMPLATE_DIR, ChatTemplate, TokenizerTemplate, encode_conversation
 
 MINIMIND = Path(__file__).resolve().parents[2] / "shared/tokenizers/minimind"
 needs_minimind = pytest.mark.skipif(not (MINIMIND / "tokenizer.json").is_file(), reason=f"no tokenizer at {MINIMIND}")

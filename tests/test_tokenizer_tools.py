@@ -5,9 +5,9 @@ from itertools import accumulate
 
 import pytest
 import torch
-from conftest import REPO, TINY, TINY_MODEL_CONFIG, TINY_TOKENIZER, run_script, shared_path, write_jsonl
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, ByT5Tokenizer
 
+from tests.helpers import REPO, TINY, TINY_MODEL_CONFIG, TINY_TOKENIZER, run_script, shared_path, write_jsonl
 from tokenizer import extend_vocab, train_tokenizer
 
 CORPUS = TINY / "data" / "corpus.txt"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_sft_config, write_yaml
 
 from self_model.config import load_config_file
 from self_model.errors import ConfigError
 from self_model.fine_tuning.train_finetune import STAGE, train
 from self_model.tracking import load_settings, setup_tracking
+from tests.helpers import tiny_sft_config, write_yaml
 
 TRACKER_ENV = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT", "SWANLAB_MODE", "SWANLAB_API_KEY",
                "SWANLAB_LOG_DIR", "SWANLAB_PROJECT")

@@ -23,20 +23,19 @@ model's logits for the old tokens are unchanged on inputs of old tokens.
 """
 
 import argparse
+import itertools
 import json
 import math
 import random
 import shutil
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from tokenizers import Tokenizer, models, trainers
 
-from tokenizers import Tokenizer, models, trainers  # noqa: E402
+from self_model.errors import DataError, UserError, exit_on_user_error
+from tokenizer.train_tokenizer import iter_texts
 
-from self_model.errors import DataError, UserError, exit_on_user_error  # noqa: E402
-from tokenizer.train_tokenizer import iter_texts  # noqa: E402
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -167,7 +166,7 @@ def bpe_split(base_model, new_merges, token):
     Done here because tokenizers cannot add merges to a model, and rebuilding one for every candidate is too slow."""
     pieces = [piece.value for piece in base_model.tokenize(token)]
     while len(pieces) > 1:
-        rank, i = min((new_merges.get(pair, math.inf), i) for i, pair in enumerate(zip(pieces, pieces[1:])))
+        rank, i = min((new_merges.get(pair, math.inf), i) for i, pair in enumerate(itertools.pairwise(pieces)))
         if rank == math.inf:
             break
         pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]

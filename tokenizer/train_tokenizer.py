@@ -22,15 +22,12 @@ which it uses to mark spaces, decodes as a space.
 
 import argparse
 import json
-import sys
 from itertools import groupby
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
-
-from self_model.errors import DataError, UserError, exit_on_user_error  # noqa: E402
+from self_model.errors import DataError, UserError, exit_on_user_error
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD, IM_START, IM_END]

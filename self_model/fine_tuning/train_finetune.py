@@ -7,67 +7,41 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
-
-from trl import SFTConfig, SFTTrainer  # noqa: E402
-
-from self_model.config import RunConfig, StageSpec  # noqa: E402
-from self_model.data import build_sft_data  # noqa: E402
-from self_model.modeling import build_peft_config, load_model, load_tokenizer, set_stop_tokens  # noqa: E402
-from self_model.runs import RunDir  # noqa: E402
-from self_model.stage import (  # noqa: E402
-    build_training_args,
-    describe_metrics,
-    fit,
-    report_data,
-    save_final,
-    say,
-    stage_main,
-    write_preview,
-)
-from self_model.templates import load_renderer  # noqa: E402
+from self_model.config import Owned, RunConfig, StageSpec, from_key
+from self_model.data.sft import SFTDataArgs, build_sft_data
+from self_model.modeling import build_peft_config, load_model, set_stop_tokens
+from self_model.stage import fit, open_stage, present_data, save_final, stage_main
 
 STAGE = StageSpec(
     name="sft",
-    training_args_class=SFTConfig,
+    training_args_class="trl.trainer.sft_config:SFTConfig",
+    data_class=SFTDataArgs,
     owned_training_args={
-        "max_length": "data.max_length",
-        "packing": "data.packing",
-        "assistant_only_loss": "data.train_on",
-        "completion_only_loss": "data.train_on",
-        "dataset_text_field": "data.format and data.keys",
+        "max_length": from_key("data.max_length"),
+        "packing": from_key("data.packing"),
+        # labels come from our template's assistant spans, so TRL's own masking switches stay off
+        "assistant_only_loss": Owned("data.train_on"),
+        "completion_only_loss": Owned("data.train_on"),
+        "dataset_text_field": Owned("data.format and data.keys"),
     },
-    default_output_dir="checkpoints/finetune",
 )
 
 
-def train(cfg: RunConfig, dry_run: bool = False) -> SFTTrainer | None:
+def train(cfg: RunConfig, dry_run: bool = False):
     """Run the stage; returns the trainer (None for a dry run)."""
-    run = RunDir.prepare(cfg, dry_run=dry_run)
-    training_args = build_training_args(cfg, SFTConfig, max_length=cfg.data.max_length, packing=cfg.data.packing)
-    tokenizer = load_tokenizer(cfg)
-    renderer = load_renderer(cfg, tokenizer, cfg.tokenizer_name_or_path or cfg.model_name_or_path)
-    data = build_sft_data(cfg.data, tokenizer, renderer, training_args.seed)
-    report_data(data, tokenizer, cfg.data.preview_examples)
-    if dry_run:
-        write_preview(run, cfg, data, tokenizer)
-        return None
+    from trl import SFTTrainer
 
+    run, training_args, tokenizer, renderer = open_stage(cfg, STAGE, dry_run)
+    data = build_sft_data(cfg.data, tokenizer, renderer, training_args.seed)
+    if present_data(run, cfg, data, tokenizer, dry_run):
+        return None
     model = load_model(cfg, tokenizer, training_args)
     set_stop_tokens(model, tokenizer, renderer.stop_words(tokenizer))
-    trainer = SFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=tokenizer,
-        peft_config=build_peft_config(cfg),
-    )
+    trainer = SFTTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.eval,
+                         processing_class=tokenizer, peft_config=build_peft_config(cfg))
     metrics = fit(trainer, run, cfg.eval_before_training)
-    save_final(trainer, tokenizer, renderer, run, cfg, STAGE.name, {"data": data.manifest(), "metrics": metrics})
-    say(f"done: {describe_metrics(metrics)}; saved to {run.path}")
+    save_final(trainer, tokenizer, renderer, run, cfg, STAGE.name, data, metrics)
     return trainer
 
 

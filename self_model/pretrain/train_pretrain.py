@@ -8,26 +8,11 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
-
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments  # noqa: E402
-
-from self_model.config import RunConfig, StageSpec, TextDataArgs  # noqa: E402
-from self_model.modeling import load_model, load_tokenizer, wrap_peft  # noqa: E402
-from self_model.runs import RunDir  # noqa: E402
-from self_model.stage import (  # noqa: E402
-    build_training_args,
-    describe_metrics,
-    fit,
-    report_data,
-    save_final,
-    say,
-    stage_main,
-    write_preview,
-)
-from self_model.text_data import build_text_data  # noqa: E402
+from self_model.config import RunConfig, StageSpec
+from self_model.data.text import TextDataArgs, build_text_data
+from self_model.modeling import load_model, wrap_peft
+from self_model.stage import fit, open_stage, present_data, save_final, stage_main
 
 PREVIEW_BLOCKS = 100  # blocks written to preview.jsonl by --dry-run
 
@@ -44,10 +29,9 @@ def stage_checks(cfg: RunConfig) -> list[tuple[str, str]]:
 
 STAGE = StageSpec(
     name="pretrain",
-    training_args_class=TrainingArguments,
+    training_args_class="transformers.training_args:TrainingArguments",
     data_class=TextDataArgs,
     checks=stage_checks,
-    default_output_dir="checkpoints/pretrain",
 )
 
 
@@ -60,30 +44,19 @@ def with_perplexity(metrics: dict) -> dict:
     return metrics
 
 
-def train(cfg: RunConfig, dry_run: bool = False) -> Trainer | None:
+def train(cfg: RunConfig, dry_run: bool = False):
     """Run the stage; returns the trainer (None for a dry run)."""
-    data_args: TextDataArgs = cfg.data
-    run = RunDir.prepare(cfg, dry_run=dry_run)
-    training_args = build_training_args(cfg, TrainingArguments)
-    tokenizer = load_tokenizer(cfg)
-    data = build_text_data(data_args, tokenizer, training_args.seed, PREVIEW_BLOCKS if dry_run else data_args.preview_examples)
-    report_data(data, tokenizer, data_args.preview_examples)
-    if dry_run:
-        write_preview(run, cfg, data, tokenizer)
-        return None
+    from transformers import DataCollatorForLanguageModeling, Trainer
 
+    run, training_args, tokenizer, _ = open_stage(cfg, STAGE, dry_run, chat=False)
+    data = build_text_data(cfg.data, tokenizer, training_args.seed, PREVIEW_BLOCKS if dry_run else cfg.data.preview_examples)
+    if present_data(run, cfg, data, tokenizer, dry_run):
+        return None
     model = wrap_peft(load_model(cfg, tokenizer, training_args), cfg, training_args)
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=tokenizer,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.eval,
+                      processing_class=tokenizer, data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
     metrics = with_perplexity(fit(trainer, run, cfg.eval_before_training))
-    save_final(trainer, tokenizer, None, run, cfg, STAGE.name, {"data": data.manifest(), "metrics": metrics})
-    say(f"done: {describe_metrics(metrics)}; saved to {run.path}")
+    save_final(trainer, tokenizer, None, run, cfg, STAGE.name, data, metrics)
     return trainer
 
 

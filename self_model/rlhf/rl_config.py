@@ -1,4 +1,4 @@
-"""The `rl` section of the PPO/GRPO stages, their `data` section, and the rules between them.
+"""The `rl` section of the PPO/GRPO stages and its rules (the prompts' `data` section is `self_model.data.rl`).
 
 One vocabulary for both backends: a *step* is one rollout of `prompts_per_step` prompts with `rollout.n`
 answers each, followed by the policy updates on them (`actor.ppo_mini_batch_size` prompts per optimizer
@@ -11,85 +11,75 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from self_model.config import DataSourceArgs, RunConfig, _help
+from self_model.config import RunConfig, option
 
 
 @dataclass
 class RolloutArgs:
-    engine: Literal["vllm", "hf"] = _help("Generation engine: vllm, or hf (transformers generate, slower).", "vllm")
-    n: int = _help("Answers sampled per prompt (GRPO compares them; at least 2).", 4)
-    temperature: float = _help("Sampling temperature.", 1.0)
-    max_prompt_length: int = _help("Prompts longer than this many tokens are left out (the count is reported).", 512)
-    max_response_length: int = _help("Most tokens generated per answer.", 512)
-    gpu_memory_utilization: float = _help("Share of GPU memory vLLM may take (colocated with training).", 0.5)
-    tensor_parallel_size: int = _help("GPUs per vLLM engine.", 1)
-    enforce_eager: bool = _help("vLLM without CUDA graphs: starts faster, generates slower.", False)
+    engine: Literal["vllm", "hf"] = option("Generation engine: vllm, or hf (transformers generate, slower).", "vllm")
+    n: int = option("Answers sampled per prompt (GRPO compares them; at least 2).", 4)
+    temperature: float = option("Sampling temperature.", 1.0)
+    max_prompt_length: int = option("Prompts longer than this many tokens are left out (the count is reported).", 512)
+    max_response_length: int = option("Most tokens generated per answer.", 512)
+    gpu_memory_utilization: float = option("Share of GPU memory vLLM may take (colocated with training).", 0.5)
+    tensor_parallel_size: int = option("GPUs per vLLM engine.", 1)
+    enforce_eager: bool = option("vLLM without CUDA graphs: starts faster, generates slower.", False)
 
 
 @dataclass
 class ActorArgs:
-    learning_rate: float = _help("Policy learning rate.", 1e-6)
-    ppo_mini_batch_size: int = _help("Prompts (with all their answers) per optimizer step.", 16)
-    ppo_micro_batch_size_per_gpu: int = _help("Sequences per forward/backward pass on one GPU.", 4)
-    ppo_epochs: int = _help("Passes over each step's rollouts.", 1)
-    clip_ratio: float = _help("PPO clip range of the policy ratio.", 0.2)
-    use_kl_loss: bool = _help("Add a KL penalty to the reference policy to the loss (needs a reference model).", True)
-    kl_loss_coef: float = _help("Weight of that KL penalty.", 0.001)
-    entropy_coeff: float = _help("Weight of the entropy bonus.", 0.0)
+    learning_rate: float = option("Policy learning rate.", 1e-6)
+    ppo_mini_batch_size: int = option("Prompts (with all their answers) per optimizer step.", 16)
+    ppo_micro_batch_size_per_gpu: int = option("Sequences per forward/backward pass on one GPU.", 4)
+    ppo_epochs: int = option("Passes over each step's rollouts.", 1)
+    clip_ratio: float = option("PPO clip range of the policy ratio.", 0.2)
+    use_kl_loss: bool = option("Add a KL penalty to the reference policy to the loss (needs a reference model).", True)
+    kl_loss_coef: float = option("Weight of that KL penalty.", 0.001)
+    entropy_coeff: float = option("Weight of the entropy bonus.", 0.0)
 
 
 @dataclass
 class CriticArgs:
-    model_name_or_path: str | None = _help("Value model for PPO; null starts it from the policy's model.", None)
-    learning_rate: float = _help("Critic learning rate.", 1e-5)
-    ppo_micro_batch_size_per_gpu: int = _help("Sequences per critic forward/backward pass on one GPU.", 4)
+    model_name_or_path: str | None = option("Value model for PPO; null starts it from the policy's model.", None)
+    learning_rate: float = option("Critic learning rate.", 1e-5)
+    ppo_micro_batch_size_per_gpu: int = option("Sequences per critic forward/backward pass on one GPU.", 4)
 
 
 @dataclass
 class RewardArgs:
-    functions: list[str] = _help(
+    functions: list[str] = option(
         "Reward functions, by name (math_accuracy, answer_format, length_penalty) or path/to/file.py:function; "
         "their weighted sum is the reward.", ["math_accuracy"])
-    weights: list[float] | None = _help("One weight per function; null weighs each 1.", None)
-    reward_model: str | None = _help(
+    weights: list[float] | None = option("One weight per function; null weighs each 1.", None)
+    reward_model: str | None = option(
         "A reward model directory from train_rm.py (its `merged/` folder after LoRA) scoring the answers instead "
         "of functions (set functions: []).", None)
 
 
 @dataclass
 class ClusterArgs:
-    nnodes: int = _help("Machines in the Ray cluster.", 1)
-    n_gpus_per_node: int = _help("GPUs used on each machine.", 1)
-    ray_address: str | None = _help("Join this Ray cluster (e.g. `auto` or `10.0.0.1:6379`); null starts a local Ray.", None)
-    num_cpus: int | None = _help("CPUs a local Ray may use; null lets Ray count them.", None)
+    nnodes: int = option("Machines in the Ray cluster.", 1)
+    n_gpus_per_node: int = option("GPUs used on each machine.", 1)
+    ray_address: str | None = option("Join this Ray cluster (e.g. `auto` or `10.0.0.1:6379`); null starts a local Ray.", None)
+    num_cpus: int | None = option("CPUs a local Ray may use; null lets Ray count them.", None)
 
 
 @dataclass
 class RLArgs:
     """PPO / GRPO: backend, rollout, actor, critic, reward, cluster."""
 
-    backend: Literal["verl", "trl"] = _help("verl (Ray, FSDP, vLLM; GPUs) or trl (one process; CPU or one GPU).", "verl")
-    total_steps: int = _help("Rollout steps to train for.", 100)
-    prompts_per_step: int = _help("Prompts sampled per step.", 32)
-    save_steps: int | None = _help("Save a checkpoint every this many steps (verl); null saves at the end only.", None)
+    backend: Literal["verl", "trl"] = option("verl (Ray, FSDP, vLLM; GPUs) or trl (one process; CPU or one GPU).", "verl")
+    total_steps: int = option("Rollout steps to train for.", 100)
+    prompts_per_step: int = option("Prompts sampled per step.", 32)
+    save_steps: int | None = option("Save a checkpoint every this many steps (verl); null saves at the end only.", None)
     rollout: RolloutArgs = field(default_factory=RolloutArgs)
     actor: ActorArgs = field(default_factory=ActorArgs)
     critic: CriticArgs = field(default_factory=CriticArgs)
     reward: RewardArgs = field(default_factory=RewardArgs)
     cluster: ClusterArgs = field(default_factory=ClusterArgs)
-    verl: dict[str, Any] = _help(
+    verl: dict[str, Any] = option(
         "Any verl key, passed through verbatim and applied last, e.g. {trainer.val_before_train: true}; "
         "prefix a key verl's config lacks with + (as on verl's command line).", {})
-
-
-@dataclass
-class RLDataArgs(DataSourceArgs):
-    """Prompts with a checkable answer: `prompt` (text or messages), `ground_truth`, `data_source`; GSM8K rows too."""
-
-    prompt_key: str = _help("Field with the prompt: a string or a list of messages.", "prompt")
-    ground_truth_key: str = _help("Field with the answer the reward functions check.", "ground_truth")
-    data_source: str | None = _help("data_source for rows that have none (GSM8K rows get openai/gsm8k).", None)
-    prompt_suffix: str = _help("Text added to the end of every prompt, e.g. how to state the final answer.", "")
 
 
 def rl_checks(cfg: RunConfig, algorithm: str) -> list[tuple[str, str]]:
@@ -134,4 +124,21 @@ def rl_checks(cfg: RunConfig, algorithm: str) -> list[tuple[str, str]]:
         problems.append(("rl.actor.entropy_coeff", "TRL's trainers have no entropy bonus; it applies to rl.backend: verl"))
     if rl.cluster.ray_address and rl.cluster.num_cpus:
         problems.append(("rl.cluster.num_cpus", "a Ray cluster that is joined counts its own CPUs; remove num_cpus"))
+    if rl.backend == "verl" and cfg.peft.enabled:
+        problems += verl_peft_problems(cfg)
+    return problems
+
+
+def verl_peft_problems(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The `peft` settings verl's FSDP workers cannot honour (they build a plain LoRA from rank, alpha, target and
+    excluded modules)."""
+    peft, problems = cfg.peft, []
+    if peft.method != "lora":
+        problems.append(("peft.method", f"verl trains plain LoRA only, not {peft.method}; use method: lora, or "
+                         "rl.backend: trl"))
+    if cfg.was_set("peft.lora_dropout") and peft.lora_dropout:
+        problems.append(("peft.lora_dropout", f"verl's LoRA has no dropout; remove it (or set 0), got {peft.lora_dropout}"))
+    if peft.modules_to_save:
+        problems.append(("peft.modules_to_save", "verl cannot train whole modules beside the adapter; remove it, or "
+                         "use rl.backend: trl"))
     return problems

@@ -6,22 +6,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
-
-from self_model.config import RunConfig  # noqa: E402
-from self_model.rlhf import rl_stage  # noqa: E402
-from self_model.stage import stage_main  # noqa: E402
+from self_model.rlhf import rl_stage
+from self_model.stage import stage_main
 
 STAGE = rl_stage.stage_spec("grpo")
-
-
-def train(cfg: RunConfig, dry_run: bool = False):
-    return rl_stage.train(cfg, "grpo", dry_run)
-
-
-main = stage_main(STAGE, train)
+main = stage_main(STAGE, lambda cfg, dry_run=False: rl_stage.train(cfg, STAGE, dry_run))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,70 +5,66 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
+from typing import Any
 
-from self_model.config import RunConfig
+from self_model.config import Owned, RunConfig, from_key
 from self_model.rlhf.rl_config import RLArgs
-
-# training_args fields our `rl` section sets, per algorithm (the value names our key)
-GRPO_OWNED = {
-    "learning_rate": "rl.actor.learning_rate", "max_steps": "rl.total_steps", "num_generations": "rl.rollout.n",
-    "temperature": "rl.rollout.temperature", "max_completion_length": "rl.rollout.max_response_length",
-    "beta": "rl.actor.kl_loss_coef", "epsilon": "rl.actor.clip_ratio", "num_iterations": "rl.actor.ppo_epochs",
-    "per_device_train_batch_size": "rl.actor.ppo_micro_batch_size_per_gpu",
-    "gradient_accumulation_steps": "rl.actor.ppo_mini_batch_size", "generation_batch_size": "rl.prompts_per_step",
-    "use_vllm": "rl.rollout.engine", "vllm_mode": "rl.rollout.engine",
-    "vllm_gpu_memory_utilization": "rl.rollout.gpu_memory_utilization",
-}
-PPO_OWNED = {
-    "learning_rate": "rl.actor.learning_rate", "total_episodes": "rl.total_steps", "num_ppo_epochs": "rl.actor.ppo_epochs",
-    "response_length": "rl.rollout.max_response_length", "temperature": "rl.rollout.temperature",
-    "kl_coef": "rl.actor.kl_loss_coef", "cliprange": "rl.actor.clip_ratio",
-    "per_device_train_batch_size": "rl.prompts_per_step", "num_mini_batches": "rl.actor.ppo_mini_batch_size",
-    "local_rollout_forward_batch_size": "rl.actor.ppo_micro_batch_size_per_gpu",
-}
 
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def grpo_args(rl: RLArgs) -> dict:
-    """GRPOConfig fields from our vocabulary: a step generates prompts_per_step × n answers; updates take mini-batches."""
-    completions_per_update = rl.actor.ppo_mini_batch_size * rl.rollout.n
-    use_vllm = rl.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is not None
-    args = {
-        "learning_rate": rl.actor.learning_rate,
-        "max_steps": rl.total_steps * (rl.prompts_per_step // rl.actor.ppo_mini_batch_size) * rl.actor.ppo_epochs,
-        "num_generations": rl.rollout.n,
-        "temperature": rl.rollout.temperature,
-        "max_completion_length": rl.rollout.max_response_length,
-        "beta": rl.actor.kl_loss_coef if rl.actor.use_kl_loss else 0.0,
-        "epsilon": rl.actor.clip_ratio,
-        "num_iterations": rl.actor.ppo_epochs,
-        "per_device_train_batch_size": rl.actor.ppo_micro_batch_size_per_gpu,
-        "gradient_accumulation_steps": max(1, completions_per_update // (rl.actor.ppo_micro_batch_size_per_gpu * world_size())),
-        "generation_batch_size": rl.prompts_per_step * rl.rollout.n,
-        "use_vllm": use_vllm,
-    }
-    if use_vllm:
-        args.update(vllm_mode="colocate", vllm_gpu_memory_utilization=rl.rollout.gpu_memory_utilization)
-    return args
+def _rl(cfg: RunConfig) -> RLArgs:
+    return cfg.sections["rl"]
 
 
-def ppo_args(rl: RLArgs) -> dict:
-    """trl.experimental.ppo PPOConfig fields from our vocabulary."""
-    return {
-        "learning_rate": rl.actor.learning_rate,
-        "total_episodes": rl.total_steps * rl.prompts_per_step,
-        "num_ppo_epochs": rl.actor.ppo_epochs,
-        "response_length": rl.rollout.max_response_length,
-        "temperature": rl.rollout.temperature,
-        "kl_coef": rl.actor.kl_loss_coef,
-        "cliprange": rl.actor.clip_ratio,
-        "per_device_train_batch_size": max(1, rl.prompts_per_step // world_size()),
-        "num_mini_batches": rl.prompts_per_step // rl.actor.ppo_mini_batch_size,
-        "local_rollout_forward_batch_size": rl.actor.ppo_micro_batch_size_per_gpu,
-    }
+def uses_vllm(cfg: RunConfig) -> bool:
+    """vLLM rollout when asked for and installed (GRPOTrainer falls back to generate otherwise)."""
+    return _rl(cfg).rollout.engine == "vllm" and importlib.util.find_spec("vllm") is not None
+
+
+def _vllm_only(value: Callable[[RunConfig], Any]) -> Callable[[RunConfig], Any]:
+    return lambda cfg: value(cfg) if uses_vllm(cfg) else None
+
+
+def _updates_per_step(rl: RLArgs) -> int:
+    return rl.prompts_per_step // rl.actor.ppo_mini_batch_size
+
+
+# GRPOConfig fields from our vocabulary: a step generates prompts_per_step × n answers; updates take mini-batches.
+GRPO_OWNED = {
+    "learning_rate": from_key("rl.actor.learning_rate"),
+    "max_steps": Owned("rl.total_steps", lambda cfg: _rl(cfg).total_steps * _updates_per_step(_rl(cfg)) * _rl(cfg).actor.ppo_epochs),
+    "num_generations": from_key("rl.rollout.n"),
+    "temperature": from_key("rl.rollout.temperature"),
+    "max_completion_length": from_key("rl.rollout.max_response_length"),
+    "beta": Owned("rl.actor.kl_loss_coef", lambda cfg: _rl(cfg).actor.kl_loss_coef if _rl(cfg).actor.use_kl_loss else 0.0),
+    "epsilon": from_key("rl.actor.clip_ratio"),
+    "num_iterations": from_key("rl.actor.ppo_epochs"),
+    "per_device_train_batch_size": from_key("rl.actor.ppo_micro_batch_size_per_gpu"),
+    "gradient_accumulation_steps": Owned("rl.actor.ppo_mini_batch_size", lambda cfg: max(1, (
+        _rl(cfg).actor.ppo_mini_batch_size * _rl(cfg).rollout.n) // (_rl(cfg).actor.ppo_micro_batch_size_per_gpu * world_size()))),
+    "generation_batch_size": Owned("rl.prompts_per_step", lambda cfg: _rl(cfg).prompts_per_step * _rl(cfg).rollout.n),
+    "use_vllm": Owned("rl.rollout.engine", uses_vllm),
+    "vllm_mode": Owned("rl.rollout.engine", _vllm_only(lambda cfg: "colocate")),
+    "vllm_gpu_memory_utilization": Owned("rl.rollout.gpu_memory_utilization",
+                                         _vllm_only(lambda cfg: _rl(cfg).rollout.gpu_memory_utilization)),
+}
+# trl.experimental.ppo PPOConfig fields from our vocabulary.
+PPO_OWNED = {
+    "learning_rate": from_key("rl.actor.learning_rate"),
+    "total_episodes": Owned("rl.total_steps", lambda cfg: _rl(cfg).total_steps * _rl(cfg).prompts_per_step),
+    "num_ppo_epochs": from_key("rl.actor.ppo_epochs"),
+    "response_length": from_key("rl.rollout.max_response_length"),
+    "temperature": from_key("rl.rollout.temperature"),
+    "kl_coef": from_key("rl.actor.kl_loss_coef"),
+    "cliprange": from_key("rl.actor.clip_ratio"),
+    "per_device_train_batch_size": Owned("rl.prompts_per_step", lambda cfg: max(1, _rl(cfg).prompts_per_step // world_size())),
+    "num_mini_batches": Owned("rl.actor.ppo_mini_batch_size", lambda cfg: _updates_per_step(_rl(cfg))),
+    "local_rollout_forward_batch_size": from_key("rl.actor.ppo_micro_batch_size_per_gpu"),
+}
 
 
 def build_grpo_trainer(cfg: RunConfig, model, tokenizer, training_args, train_dataset, eval_dataset, reward_funcs):
@@ -92,7 +88,7 @@ def build_ppo_trainer(cfg: RunConfig, policy, tokenizer, training_args, prompts:
     tokenizer.padding_side = "left"  # generation continues the prompts from the right
     ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
            for p in prompts]
-    load = lambda path: AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)  # noqa: E731
+    load = lambda path: AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     reward_model = load(rl.reward.reward_model)
     value_model = load(rl.critic.model_name_or_path or rl.reward.reward_model)
     return PPOTrainer(args=training_args, processing_class=tokenizer, model=policy, ref_model=None,

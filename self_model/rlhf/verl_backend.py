@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from self_model.config import RunConfig
+from self_model.data.built import EVAL, TRAIN
 from self_model.errors import ConfigError, UserError
 from self_model.rlhf.rewards import canonical
 from self_model.rlhf.rl_config import RLArgs
@@ -38,11 +39,11 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
     rl: RLArgs = cfg.sections["rl"]
     out = Path(cfg.output_dir).resolve()
     micro = rl.actor.ppo_micro_batch_size_per_gpu
-    has_eval = "validation" in data_files
+    has_eval = EVAL in data_files
     values: dict[str, Any] = {
         "algorithm.adv_estimator": "grpo" if algorithm == "grpo" else "gae",
-        "data.train_files": [data_files["train"]],
-        "data.val_files": [data_files.get("validation", data_files["train"])],
+        "data.train_files": [data_files[TRAIN]],
+        "data.val_files": [data_files.get(EVAL, data_files[TRAIN])],
         "data.train_batch_size": rl.prompts_per_step,
         "data.max_prompt_length": rl.rollout.max_prompt_length,
         "data.max_response_length": rl.rollout.max_response_length,
@@ -82,10 +83,11 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
     }
     if chat_template:
         values["actor_rollout_ref.model.custom_chat_template"] = chat_template
-    if cfg.peft.enabled:
+    if cfg.peft.enabled:  # what verl cannot honour of `peft` is refused by rl_config.verl_peft_problems
         values["actor_rollout_ref.model.lora_rank"] = cfg.peft.lora_r
         values["actor_rollout_ref.model.lora_alpha"] = cfg.peft.lora_alpha
         values["actor_rollout_ref.model.target_modules"] = cfg.peft.target_modules
+        values["actor_rollout_ref.model.exclude_modules"] = cfg.peft.exclude_modules
     if rl.cluster.ray_address:
         values["+ray_kwargs.ray_init.address"] = rl.cluster.ray_address
     if algorithm == "ppo":
@@ -141,7 +143,7 @@ def _set(conf, key: str, value: Any) -> str | None:
     key = key.lstrip("+")
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(conf, parent_key) if parent_key else conf
-    if not add and not (isinstance(parent, DictConfig) and leaf in parent.keys()):  # keys(): `???` values count
+    if not add and not (isinstance(parent, DictConfig) and leaf in parent.keys()):  # noqa: SIM118 (keys(): `???` values count)
         return "verl's config has no such key (check the spelling, or prefix it with + to add it)"
     OmegaConf.update(conf, key, value, merge=False, force_add=add)
     return None

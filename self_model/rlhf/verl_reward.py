@@ -1,15 +1,11 @@
 """verl's custom reward hook: `compute_score` is the weighted sum of our reward functions.
 
-verl loads this file by path in its reward workers (`reward.custom_reward_function.path`) and passes the
-function specs and weights from `reward.custom_reward_function.reward_kwargs`.
+verl loads this file by path in its reward workers (`reward.custom_reward_function.path`; the workers import
+`self_model` as the installed package) and passes the function specs and weights from
+`reward.custom_reward_function.reward_kwargs`.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # loaded by path inside verl's Ray workers
-
-from self_model.rlhf.rewards import combined, resolve  # noqa: E402
+from self_model.rlhf.rewards import combined, resolve
 
 _resolved: dict[tuple[str, ...], list] = {}
 

@@ -1,31 +1,85 @@
 """Pretraining text: rows -> documents -> token ids joined with EOS -> blocks of `block_size` tokens.
 
-The same generator makes the blocks for the in-memory and the streaming dataset, so both paths give
-identical blocks for the same input. Documents run across block boundaries (as in Hugging Face's
-run_clm); the last, shorter block is kept, and the collator pads it and masks the padding.
+Schema of the `pretrain` kind: `{"text": str}`, read from rows with `text` and from `.txt` files. The same generator
+makes the blocks for the in-memory and the streaming dataset, so both give identical blocks for the same input.
+Documents run across block boundaries (as in Hugging Face's run_clm); the last, shorter block is kept, and the
+collator pads it and masks the padding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
 
-from self_model.config import TextDataArgs
-from self_model.data import (
-    DEFAULT_KEYS,
-    BadRow,
-    BadRowLog,
-    Row,
-    as_list,
-    fingerprint,
-    iter_source,
-    load_rows,
-    row_to_messages,
-)
+from self_model.config import DataSourceArgs, option
+from self_model.data.built import EVAL, TRAIN, BuiltData
+from self_model.data.conversations import CONVERSATION_KEYS, row_to_messages
+from self_model.data.sources import BadRow, BadRowLog, Row, as_list, fingerprints, iter_source, load_rows
 from self_model.errors import DataError
 
 TOKENIZE_BATCH = 256  # documents per tokenizer call (the fast tokenizer encodes a batch in parallel)
+
+
+@dataclass
+class TextDataArgs(DataSourceArgs):
+    """Plain text for continued pretraining: documents joined with EOS and cut into blocks."""
+
+    train_file: str | list[str] | None = option(
+        "Training text: .jsonl/.json/.parquet/.csv rows, .txt files or dataset ids; `name#N` takes N documents; "
+        "a list mixes sources.",
+        None,
+    )
+    text_fields: list[str] = option(
+        "Fields holding a row's text; the first present one wins. Rows with none of them that hold a "
+        "conversation (messages, conversations, alpaca fields) are flattened to text.",
+        ["text"],
+    )
+    txt_documents: Literal["line", "blank_line"] = option(
+        "How a .txt file splits into documents: one per line, or blocks separated by blank lines.", "line"
+    )
+    block_size: int = option("Tokens per training sequence; the last partial block is padded and its padding masked.", 1024)
+    streaming: bool = option(
+        "Read the training files lazily (corpora larger than memory); needs training_args.max_steps.", False
+    )
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.block_size < 8:
+            found.append(("data.block_size", f"must be at least 8, got {self.block_size}"))
+        if not self.text_fields:
+            found.append(("data.text_fields", "name at least one field"))
+        if self.streaming and self.eval_split:
+            found.append(("data.eval_split", "a streamed corpus cannot be split: give an eval_file instead"))
+        if self.streaming:
+            for spec in as_list(self.train_file):
+                if re.search(r"#\d+$", spec):
+                    found.append(("data.train_file", f"{spec}: `#N` sampling reads the whole source; not available "
+                                  "with data.streaming (take a slice of the file instead)"))
+        return found
+
+
+# ---------------------------------------------------------------- the `pretrain` schema
+
+
+def to_record(row: dict, keys: dict[str, str], data_source: str | None = None) -> dict:
+    text = row.get(keys["text"])
+    if not isinstance(text, str):
+        raise BadRow(f"field {keys['text']!r} must be a string")
+    return {"text": text}
+
+
+def map_texts(record: dict, fn: Callable[[str], str]) -> dict:
+    return {"text": fn(record["text"])}
+
+
+def check_record(record: dict) -> None:
+    if not record["text"].strip():
+        raise BadRow("empty text")
+
+
+# ---------------------------------------------------------------- building
 
 
 @dataclass
@@ -52,7 +106,7 @@ def row_text(row: Row, text_fields: list[str]) -> str:
         if isinstance(value, str) and value.strip():
             return value
     try:
-        messages = row_to_messages(row.data, "auto", DEFAULT_KEYS)
+        messages = row_to_messages(row.data, "auto", CONVERSATION_KEYS)
     except BadRow as err:
         raise BadRow(f"no text in fields {', '.join(text_fields)} and not a conversation ({err})") from None
     return "\n".join(message["content"] for message in messages)
@@ -108,27 +162,17 @@ def blocks(docs: Iterable[str], tokenizer, block_size: int, stats: TextStats) ->
 
 
 @dataclass
-class BuiltText:
-    train: Any
-    eval: Any | None
-    stats: dict[str, TextStats]
-    bad_rows: BadRowLog
-    fingerprints: dict[str, str]
+class BuiltText(BuiltData):
     streaming: bool = False
-    preview: list[dict] = field(default_factory=list)
-
-    def preview_rows(self, tokenizer) -> list[dict]:
-        """The first training blocks as `text`, `input_ids`, `labels` (every token is trained)."""
-        return [{"text": tokenizer.decode(block["input_ids"]), "input_ids": block["input_ids"],
-                 "labels": block["input_ids"]} for block in self.preview]
 
     def manifest(self) -> dict:
-        stats = {} if self.streaming else {split: vars(s) for split, s in self.stats.items()}
-        return {"fingerprints": self.fingerprints, "streaming": self.streaming, "stats": stats,
-                "skipped_rows": dict(self.bad_rows.counts)}
+        manifest = {**super().manifest(), "streaming": self.streaming}
+        if self.streaming:
+            manifest["stats"] = {}  # only a prefix of the stream was counted
+        return manifest
 
 
-def _materialise(docs: Iterable[str], tokenizer, data: TextDataArgs, split: str) -> tuple[Any, TextStats]:
+def _materialise(docs: Iterable[str], tokenizer, data: TextDataArgs, split: str):
     import datasets
 
     stats = TextStats()
@@ -149,7 +193,6 @@ def build_text_data(data: TextDataArgs, tokenizer, seed: int, preview_blocks: in
     import datasets
 
     bad = BadRowLog(data.bad_rows)
-    fingerprints = {spec: fingerprint(spec) for spec in as_list(data.train_file) + as_list(data.eval_file)}
     stats: dict[str, TextStats] = {}
     if data.streaming:
         eval_rows = [row for spec in as_list(data.eval_file) for row in iter_source(spec, bad, data.txt_documents)]
@@ -160,16 +203,17 @@ def build_text_data(data: TextDataArgs, tokenizer, seed: int, preview_blocks: in
         train = datasets.IterableDataset.from_generator(generate)
         preview_stats = TextStats(partial=True)
         head = blocks(stream_documents(data, bad), tokenizer, data.block_size, preview_stats)
-        preview = [block for _, block in zip(range(max(preview_blocks, 1)), head)]
-        if not preview:
+        first = [block for _, block in zip(range(max(preview_blocks, 1)), head)]
+        if not first:
             raise DataError("no training text in the stream (every row was empty or skipped)")
-        stats["train"] = preview_stats
+        stats[TRAIN] = preview_stats
     else:
         train_rows, eval_rows = load_rows(data, seed, bad, data.txt_documents)
-        train, stats["train"] = _materialise(documents(train_rows, data.text_fields, bad), tokenizer, data, "train")
-        preview = [train[i] for i in range(min(preview_blocks, len(train)))]
+        train, stats[TRAIN] = _materialise(documents(train_rows, data.text_fields, bad), tokenizer, data, TRAIN)
+        first = [train[i] for i in range(min(preview_blocks, len(train)))]
     evaluation = None
     if eval_rows:
-        evaluation, stats["eval"] = _materialise(documents(eval_rows, data.text_fields, bad), tokenizer, data, "eval")
-    return BuiltText(train, evaluation, stats, bad, fingerprints, data.streaming, preview)
-
+        evaluation, stats[EVAL] = _materialise(documents(eval_rows, data.text_fields, bad), tokenizer, data, EVAL)
+    preview = [{"text": tokenizer.decode(block["input_ids"]), "input_ids": block["input_ids"], "labels": block["input_ids"]}
+               for block in first[:preview_blocks]]
+    return BuiltText(train, evaluation, stats, bad, fingerprints(data), preview, streaming=data.streaming)

@@ -9,18 +9,18 @@ that ends its turn).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from self_model.config import TEMPLATE_DIR, RunConfig
 from self_model.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    from self_model.config import RunConfig
+
+TEMPLATE_DIR = Path(__file__).resolve().parent
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
-# Strings in a template that must be single tokens of the tokenizer (special markers).
-SPECIAL_MARKER = re.compile(r"<\|[^|<>]+\|>|<｜[^｜]+｜>|<reserved_\d+>|\[gMASK\]|\bsop\b")
 
 TrainOn = Literal["all_assistant", "last_assistant", "everything"]
 Message = dict[str, str]
@@ -54,6 +54,9 @@ class ChatTemplate:
         default=None, metadata={"help": "Text that asks for a reply; defaults to assistant_prefix."}
     )
     stop: list[str] = field(default_factory=list, metadata={"help": "End-of-turn strings, trained after content."})
+    special_tokens: list[str] = field(
+        default_factory=list, metadata={"help": "Markers the template writes that must be single tokens of the tokenizer."}
+    )
     append_eos: bool = field(
         default=False,
         metadata={"help": "Formats whose assistant turns have no closing token: train the tokenizer's EOS at the end."},
@@ -72,7 +75,9 @@ class ChatTemplate:
         if unknown:
             raise ConfigError([f"{key}: unknown template field (valid: {', '.join(sorted(valid))})" for key in unknown], str(path))
         data.setdefault("name", path.stem)
-        bad_types = [k for k, v in data.items() if k not in ("stop", "append_eos", "default_system") and not isinstance(v, str)]
+        lists = ("stop", "special_tokens")
+        bad_types = [k for k, v in data.items() if k not in (*lists, "append_eos", "default_system") and not isinstance(v, str)]
+        bad_types += [k for k in lists if k in data and not (isinstance(data[k], list) and all(isinstance(v, str) for v in data[k]))]
         if bad_types:
             raise ConfigError([f"{key}: expected a string" for key in bad_types], str(path))
         return cls(**data)
@@ -112,7 +117,7 @@ class ChatTemplate:
 
     def to_jinja(self) -> str:
         """The same format as a Jinja chat_template, saved with the tokenizer so inference renders alike."""
-        q = lambda text: json.dumps(text, ensure_ascii=False)  # noqa: E731  (a JSON string is a valid Jinja literal)
+        q = lambda text: json.dumps(text, ensure_ascii=False)
         default = (
             f"{{%- if messages[0]['role'] != 'system' %}}{{{{ {q(self.system_prefix + self.default_system + self.system_suffix)} }}}}{{%- endif %}}"
             if self.default_system
@@ -136,11 +141,8 @@ class ChatTemplate:
         return words
 
     def check_tokenizer(self, tokenizer, tokenizer_name: str) -> None:
-        """Every special marker the template writes must be one token of this tokenizer."""
-        texts = [self.bos, self.system_prefix, self.system_suffix, self.user_prefix, self.user_suffix,
-                 self.assistant_prefix, self.assistant_suffix, *self.stop]
-        markers = sorted({m for text in texts for m in SPECIAL_MARKER.findall(text)})
-        missing = [m for m in markers if len(tokenizer(m, add_special_tokens=False)["input_ids"]) != 1]
+        """Every special token the template writes must be one token of this tokenizer."""
+        missing = [m for m in self.special_tokens if len(tokenizer(m, add_special_tokens=False)["input_ids"]) != 1]
         if missing:
             raise ConfigError(
                 [f"template: {self.name!r} writes {', '.join(missing)}, which the tokenizer {tokenizer_name!r} "
@@ -160,7 +162,7 @@ class TokenizerTemplate:
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
                 [f"template: `tokenizer` chosen but {tokenizer_name!r} has no chat_template; "
-                 f"name a built-in template ({', '.join(p.stem for p in sorted(TEMPLATE_DIR.glob('*.json')))})"],
+                 f"name a built-in template ({', '.join(builtin_templates())})"],
                 tokenizer_name,
             )
         self.tokenizer = tokenizer
@@ -186,6 +188,11 @@ class TokenizerTemplate:
 
     def stop_words(self, tokenizer) -> list[str]:
         return [tokenizer.eos_token] if tokenizer.eos_token else []
+
+
+def builtin_templates() -> list[str]:
+    """Names of the templates shipped in this folder."""
+    return sorted(p.stem for p in TEMPLATE_DIR.glob("*.json"))
 
 
 def load_renderer(cfg: RunConfig, tokenizer, tokenizer_name: str) -> Renderer:

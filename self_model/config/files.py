@@ -1,0 +1,145 @@
+"""Config files: the `base:` chain, `key=value` overrides, `${oc.env:VAR}` interpolation, redaction of secrets,
+and where relative paths are looked up."""
+
+from __future__ import annotations
+
+import os
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from self_model.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMMAND_LINE = "command line"
+SECRET_KEY_PATTERN = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
+LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt")
+
+
+@dataclass
+class Merged:
+    """The merged layers of one config: resolved values, unresolved ones (`${oc.env:...}` kept, for saving), and
+    where each key was set."""
+
+    resolved: dict
+    unresolved: dict
+    origins: dict[str, str]
+    source: str
+
+    def origin_of(self, key_path: str) -> str:
+        """` (command line)` when the key was set outside the config file itself, else nothing."""
+        origin = self.origins.get(key_path, self.source)
+        return "" if origin == self.source else f" ({origin})"
+
+    def was_set(self, key_path: str) -> bool:
+        """Whether the user wrote this key (in a file of the chain or on the command line)."""
+        return key_path in self.origins
+
+
+def flat_keys(node: Any, prefix: str = "") -> typing.Iterator[str]:
+    """Every key path of a nested mapping: `a`, `a.b`, ..."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield f"{prefix}{key}"
+            yield from flat_keys(value, f"{prefix}{key}.")
+
+
+def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
+    """The file and, first, every file it builds on through `base:` (relative to the file)."""
+    if not path.is_file():
+        where = f" (base of {chain[-1]})" if chain else ""
+        raise ConfigError([f"config file not found: {path}{where}"], str(path))
+    if path.resolve() in [p.resolve() for p in chain]:
+        raise ConfigError([f"`base:` cycle: {' -> '.join(map(str, (*chain, path)))}"], str(path))
+    try:
+        conf = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and OmegaConf's own errors
+        raise ConfigError([f"not valid YAML: {err}"], str(path)) from None
+    if conf is None:
+        conf = OmegaConf.create({})
+    if not isinstance(conf, DictConfig):
+        raise ConfigError(["the top level must be a mapping of keys to values"], str(path))
+    layers: list[tuple[str, DictConfig]] = []
+    base = conf.pop("base", None)
+    for name in [] if base is None else ([base] if isinstance(base, str) else list(base)):
+        layers += read_yaml(path.parent / str(name), (*chain, path))
+    layers.append((str(path), conf))
+    return layers
+
+
+def parse_overrides(overrides: list[str]) -> DictConfig:
+    bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0]]
+    if bad:
+        raise ConfigError([f"override {o!r} must look like section.key=value" for o in bad], COMMAND_LINE)
+    try:
+        return OmegaConf.from_dotlist(overrides)
+    except OmegaConfBaseException as err:
+        raise ConfigError([f"cannot parse overrides: {err}"], COMMAND_LINE) from None
+
+
+def _resolve(merged: DictConfig, source: str) -> dict:
+    try:
+        return OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "") or "?"
+        msg = str(err).splitlines()[0]
+        if "oc.env" in msg or "Environment variable" in msg:
+            msg += " (set the environment variable, or remove the key)"
+        raise ConfigError([f"{key}: {msg}"], source) from None
+
+
+def merge_layers(path: str | os.PathLike | None, overrides: list[str] = (), flags: dict | None = None) -> Merged:
+    """The YAML chain (none when `path` is None), then `flags` and `key=value` overrides from the command line."""
+    source = str(path) if path is not None else COMMAND_LINE
+    layers = read_yaml(Path(path)) if path is not None else []
+    if flags:
+        layers.append((COMMAND_LINE, OmegaConf.create(flags)))
+    layers.append((COMMAND_LINE, parse_overrides(list(overrides))))
+    origins: dict[str, str] = {}
+    for name, conf in layers:
+        for key in flat_keys(OmegaConf.to_container(conf, resolve=False)):
+            origins[key] = name
+    merged = OmegaConf.merge(*[conf for _, conf in layers])
+    return Merged(_resolve(merged, source), OmegaConf.to_container(merged, resolve=False), origins, source)
+
+
+def redact(node: Any, unresolved: Any = None) -> Any:
+    """The config with secrets removed: secret-named keys and values read from the environment."""
+    if isinstance(node, dict):
+        raw = unresolved if isinstance(unresolved, dict) else {}
+        out = {}
+        for key, value in node.items():
+            raw_value = raw.get(key)
+            if SECRET_KEY_PATTERN.search(str(key)) and value not in (None, "", False):
+                out[key] = "<redacted>"
+            elif isinstance(raw_value, str) and "oc.env" in raw_value:
+                out[key] = raw_value
+            else:
+                out[key] = redact(value, raw_value)
+        return out
+    if isinstance(node, list):
+        raw = unresolved if isinstance(unresolved, list) and len(unresolved) == len(node) else [None] * len(node)
+        return [redact(v, r) for v, r in zip(node, raw)]
+    return node
+
+
+def path_exists_or_hub_id(value: str) -> bool:
+    """Whether `value` is an existing local path or could be a hub id (`org/name`, `name`)."""
+    if Path(value).exists():
+        return True
+    looks_local = value.startswith((".", "/", "~")) or value.endswith(LOCAL_SUFFIXES)
+    return not looks_local and value.count("/") <= 1
+
+
+def locate(value: str | None) -> str | None:
+    """A relative path is looked up in the current directory, then in the repository root (`#N` kept)."""
+    if not value or Path(value).is_absolute() or Path(value).exists():
+        return value
+    name, sep, count = value.partition("#")
+    candidate = REPO_ROOT / name
+    return f"{candidate}{sep}{count}" if candidate.exists() else value

@@ -1,0 +1,96 @@
+"""Every `peft` key either reaches the trainer's adapter config or is refused, on each backend (TRL and verl)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from self_model.config import PeftArgs
+from self_model.errors import ConfigError, UserError
+from self_model.modeling import build_peft_config, check_environment
+from self_model.rlhf import verl_backend
+from tests.helpers import TINY, tiny_sft_config, write_yaml
+from tests.test_rl import GRPO_STAGE, load
+
+# a value for each field that differs from its default, and where it lands in peft's LoraConfig
+TRL_LANDS = {
+    "enabled": (True, None),
+    "method": ("dora", ("use_dora", True)),
+    "lora_r": (12, ("r", 12)),
+    "lora_alpha": (24, ("lora_alpha", 24)),
+    "lora_dropout": (0.1, ("lora_dropout", 0.1)),
+    "target_modules": (["q_proj", "v_proj"], ("target_modules", {"q_proj", "v_proj"})),
+    "exclude_modules": (["lm_head"], ("exclude_modules", {"lm_head"})),
+    "modules_to_save": (["lm_head"], ("modules_to_save", ["lm_head"])),
+}
+# the same for verl: a key of actor_rollout_ref.model, or the message that refuses it
+VERL_LANDS = {
+    "enabled": (True, None),
+    "method": ("dora", "verl trains plain LoRA only, not dora"),
+    "lora_r": (12, ("lora_rank", 12)),
+    "lora_alpha": (24, ("lora_alpha", 24)),
+    "lora_dropout": (0.1, "verl's LoRA has no dropout"),
+    "target_modules": (["q_proj", "v_proj"], ("target_modules", ["q_proj", "v_proj"])),
+    "exclude_modules": (["lm_head"], ("exclude_modules", ["lm_head"])),
+    "modules_to_save": (["lm_head"], "verl cannot train whole modules beside the adapter"),
+}
+
+
+def test_every_peft_field_is_covered():
+    names = {f.name for f in dataclasses.fields(PeftArgs)}
+    assert names == set(TRL_LANDS) == set(VERL_LANDS), "a new peft field must reach each backend or be refused there"
+
+
+@pytest.mark.parametrize("name", sorted(TRL_LANDS))
+def test_peft_field_reaches_trl_lora_config(tmp_path, name):
+    from self_model.config import load_config_file
+    from self_model.fine_tuning.train_finetune import STAGE
+
+    value, (attribute, expected) = TRL_LANDS[name][0], TRL_LANDS[name][1] or ("r", 8)
+    peft = {"enabled": True, name: value}
+    cfg = load_config_file(STAGE, write_yaml(tmp_path / "c.yaml", tiny_sft_config(tmp_path, peft=peft)))
+    lora = build_peft_config(cfg)
+    got = getattr(lora, attribute)
+    assert (set(got) if isinstance(got, (set, list)) and isinstance(expected, set) else got) == expected
+
+
+def test_qlora_is_refused_without_a_gpu_and_quantizes_with_one(tmp_path):
+    import torch
+
+    from self_model.config import load_config_file
+    from self_model.fine_tuning.train_finetune import STAGE
+
+    config = tiny_sft_config(tmp_path, peft={"enabled": True, "method": "qlora"}, model_name_or_path=str(TINY),
+                             model={"init_from_config": None})
+    cfg = load_config_file(STAGE, write_yaml(tmp_path / "c.yaml", config))
+    if torch.cuda.is_available():
+        pytest.skip("refusal is for machines without CUDA; tests/test_sft_gpu.py trains QLoRA")
+    with pytest.raises(UserError, match="qlora needs a CUDA GPU"):
+        check_environment(cfg, {})
+
+
+@pytest.mark.parametrize("name", sorted(VERL_LANDS))
+def test_peft_field_reaches_verl_or_is_refused(tmp_path, name):
+    value, lands = VERL_LANDS[name]
+    peft = {"enabled": True, name: value}
+    if isinstance(lands, str):
+        with pytest.raises(ConfigError, match=lands.replace("(", r"\(")):
+            load(GRPO_STAGE, tmp_path, peft=peft)
+        return
+    cfg = load(GRPO_STAGE, tmp_path, peft=peft)
+    values = verl_backend.verl_values(cfg, "grpo", "model", {"train": "train.parquet"}, None)
+    key, expected = lands or ("lora_rank", 8)
+    assert values[f"actor_rollout_ref.model.{key}"] == expected
+
+
+def test_verl_takes_unset_dropout_default_and_explicit_zero(tmp_path):
+    load(GRPO_STAGE, tmp_path, peft={"enabled": True})  # the default 0.05 is not the user's: accepted
+    load(GRPO_STAGE, tmp_path, peft={"enabled": True, "lora_dropout": 0.0})  # what verl does anyway
+
+
+def test_verl_without_peft_trains_all_weights(tmp_path):
+    cfg = load(GRPO_STAGE, tmp_path)
+    values = verl_backend.verl_values(cfg, "grpo", "model", {"train": "train.parquet"}, None)
+    assert not any(key.startswith("actor_rollout_ref.model.lora") for key in values)
+
