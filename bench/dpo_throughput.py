@@ -1,207 +1,119 @@
-"""DPO with LoRA on one CUDA GPU: our DPO stage against TRL's DPOTrainer used directly, same settings, same run.
+#!/usr/bin/env python
+"""DPO with LoRA on one CUDA GPU: our DPO stage's defaults against TRL's DPOTrainer defaults, and against TRL used
+directly with the same switches.
 
-    python3 bench/dpo_throughput.py                  # H100: both modes, ~3 minutes
-    uv run python bench/dpo_throughput.py --smoke    # CPU check: tiny model, 3 steps
+    python3 bench/dpo_throughput.py --shape 0.5b
+    uv run python bench/dpo_throughput.py --shape smoke --steps 3 --warmup 1   # CPU check of the script
 
-Model: random-init Qwen2.5-0.5B shape (bench/sft_throughput.py's QWEN25_05B) with bf16 frozen weights (what loading a
-bf16 checkpoint gives), LoRA r 16 / alpha 32 / dropout 0.05 on all linear layers, SDPA, bf16 autocast, beta 0.1,
-sigmoid loss, batch 8 pairs, max_length 1024, reference = the base with the adapter switched off (both modes).
+Model: a random-init Qwen2.5 shape saved in bf16, LoRA r 16 / alpha 32 / dropout 0.05 on all linear layers, beta 0.1,
+sigmoid loss, batch 8 pairs, max_length 1024; the reference is the base with the adapter switched off in every mode.
 Pairs: prompt 64-512 tokens, chosen and rejected 32-512 tokens each (uniform, seeded), from single-token words.
-
-Modes, each in its own process:
-  trl_dpo   DPOTrainer(model, args=DPOConfig(...), peft_config=LoraConfig(...)) on the conversational rows, with the
-            tokenizer's chat_template set to our qwen2_chatml template's Jinja.
-  ours_dpo  self_model/rlhf/train_dpo.py main() with a generated YAML that says the same.
-Both trainers get the same step-timing wrapper (bench/sft_throughput.py's `timed`): tokens are the non-pad tokens of
-the chosen and rejected sequences of each batch; the window runs from the end of step `--warmup` to the last step.
+  trl_dpo   DPOTrainer with TRL's defaults (gradient checkpointing on, TRL's loss, SDPA).
+  trl_fast  DPOTrainer with this project's switches set by hand: Liger's fused DPO loss, checkpointing off.
+  ours      self_model/rlhf/train_dpo.py with a YAML naming model, data, LoRA, beta, batch and steps only.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import json
-import os
 import random
-import subprocess
 import sys
-import tempfile
-import traceback
 from pathlib import Path
 
-from sft_throughput import (  # bench/ is the script's own folder, first on sys.path
-    QWEN25_05B,
-    SMOKE_MODEL,
+from common import (
+    TEMPLATE,
+    TOKENIZER,
     Recorder,
+    bench_parser,
     describe_model,
+    drive,
     load_tokenizer_and_renderer,
+    measure_stage,
+    new_spec,
     single_token_words,
     timed,
+    window,
+    worker_main,
+    write_jsonl,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-MODES = ("trl_dpo", "ours_dpo")
+MODES = ("trl_dpo", "trl_fast", "ours")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 
 
-def make_pairs(args, tokenizer) -> list[dict]:
-    rng = random.Random(args.seed)
-    words = single_token_words(tokenizer)
-    text = lambda n: " ".join(rng.choice(words) for _ in range(n))
-    short = args.smoke
-    return [{"prompt": text(rng.randint(16, 64) if short else rng.randint(64, 512)),
-             "chosen": text(rng.randint(8, 32) if short else rng.randint(32, 512)),
-             "rejected": text(rng.randint(8, 32) if short else rng.randint(32, 512))}
-            for _ in range(args.steps * args.batch_size)]
+def common_args(spec: dict, work: Path) -> dict:
+    return {"output_dir": str(work / "out"), "per_device_train_batch_size": spec["batch_size"], "max_steps": spec["steps"],
+            "learning_rate": 5e-6, "save_strategy": "no", "seed": spec["seed"], "train_sampling_strategy": "sequential"}
 
 
-def training_args(spec: dict, output_dir: str) -> dict:
-    return {"output_dir": output_dir, "per_device_train_batch_size": spec["batch_size"], "max_steps": spec["steps"],
-            "learning_rate": 5e-6, "bf16": True, "gradient_checkpointing": False, "save_strategy": "no",
-            "logging_steps": 10, "seed": 0, "train_sampling_strategy": "sequential"}
-
-
-def run_trl(spec: dict, rec: Recorder, work: Path) -> None:
+def trl_run(mode: str, spec: dict, work: Path) -> dict:
     import datasets
     import torch
     from peft import LoraConfig
-    from transformers import AutoConfig, AutoModelForCausalLM, set_seed
+    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    tokenizer, renderer = load_tokenizer_and_renderer()
-    tokenizer.chat_template = renderer.to_jinja()
+    from self_model.modeling import liger_available
+
+    tokenizer, _ = load_tokenizer_and_renderer()
     rows = [json.loads(line) for line in Path(spec["pairs"]).read_text().splitlines()]
-    conversational = [{"prompt": [{"role": "user", "content": r["prompt"]}],
-                       "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                       "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
-    set_seed(0)
-    config = AutoConfig.from_pretrained(spec["model_dir"])
-    cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa")
+    pairs = [{"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": [{"role": "assistant", "content": r["chosen"]}],
+              "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
+    model = AutoModelForCausalLM.from_pretrained(spec["checkpoint"], attn_implementation="sdpa")
     model.config.pad_token_id = tokenizer.pad_token_id
-    values = training_args(spec, str(work / "out"))
-    values["bf16"] = cuda
-    args = DPOConfig(**values, beta=0.1, loss_type="sigmoid", max_length=spec["max_length"], report_to="none")
-    peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules="all-linear",
+    switches = {"use_liger_kernel": liger_available(), "gradient_checkpointing": False} if mode == "trl_fast" else {}
+    if not torch.cuda.is_available():
+        switches["bf16"] = False  # TRL's default needs a GPU (the smoke run)
+    args = DPOConfig(**common_args(spec, work), beta=0.1, loss_type="sigmoid", max_length=spec["max_length"],
+                     report_to="none", **switches)
+    lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules="all-linear",
                       task_type="CAUSAL_LM")
-    trainer = timed(DPOTrainer, rec)(model=model, args=args, train_dataset=datasets.Dataset.from_list(conversational),
-                                     processing_class=tokenizer, peft_config=peft)
+    rec = Recorder()
+    trainer = timed(DPOTrainer, rec)(model=model, args=args, train_dataset=datasets.Dataset.from_list(pairs),
+                                     processing_class=tokenizer, peft_config=lora)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     trainer.train()
+    return {**window(rec, spec["warmup"], spec["steps"], spec["shape"]), "model": describe_model(trainer.model)}
 
 
-def run_ours(spec: dict, rec: Recorder, work: Path) -> None:
-    import yaml
-
+def ours_run(spec: dict, work: Path) -> dict:
     from self_model.rlhf import train_dpo
 
-    config = {
-        "tokenizer_name_or_path": str(REPO_ROOT / "examples" / "tiny" / "tokenizer"), "template": "qwen2_chatml",
-        "overwrite": True, "model": {"init_from_config": str(Path(spec["model_dir"]) / "config.json"),
-                                     "attn_implementation": "sdpa"},
-        "data": {"train_file": spec["pairs"], "max_length": spec["max_length"]},
-        "dpo": {"algorithm": "dpo", "beta": 0.1, "loss_type": "sigmoid"},
-        "peft": {"enabled": True, "method": "lora", "lora_r": LORA["r"], "lora_alpha": LORA["alpha"],
-                 "lora_dropout": LORA["dropout"], "target_modules": "all-linear"},
-        "trace": "none", "training_args": training_args(spec, str(work / "out")),
-    }
-    path = work / "dpo.yaml"
-    path.write_text(yaml.safe_dump(config))
-    train_dpo.import_class = _timed_trainers(train_dpo.import_class, rec)  # observation only
-    code = train_dpo.main(["--config", str(path)])
-    if code not in (0, None):
-        raise RuntimeError(f"train_dpo.main exited with {code}")
+    config = {"model_name_or_path": spec["checkpoint"], "tokenizer_name_or_path": str(TOKENIZER), "template": TEMPLATE,
+              "overwrite": True, "data": {"train_file": spec["pairs"], "max_length": spec["max_length"]},
+              "dpo": {"algorithm": "dpo", "beta": 0.1, "loss_type": "sigmoid"},
+              "peft": {"enabled": True, "lora_r": LORA["r"], "lora_alpha": LORA["alpha"], "lora_dropout": LORA["dropout"],
+                       "target_modules": "all-linear"},
+              "trace": "none", "training_args": common_args(spec, work)}
+    rec = Recorder()
+    original = train_dpo.import_class
+    train_dpo.import_class = lambda target: timed(original(target), rec) if target.endswith("Trainer") else original(target)
+    return measure_stage(train_dpo.main, config, work, rec, spec)
 
 
-def _timed_trainers(original, rec):
-    def import_class(target):
-        cls = original(target)
-        return timed(cls, rec) if target.endswith("Trainer") else cls
-
-    return import_class
+def run(mode: str, spec: dict, work: Path) -> dict:
+    return ours_run(spec, work) if mode == "ours" else trl_run(mode, spec, work)
 
 
-def worker(mode: str, spec_path: str) -> int:
-    import torch
-
-    spec = json.loads(Path(spec_path).read_text())
-    work = Path(spec["work"]) / mode
-    work.mkdir(parents=True, exist_ok=True)
-    rec, result = Recorder(), {"mode": mode}
-    try:
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        (run_trl if mode == "trl_dpo" else run_ours)(spec, rec, work)
-        ends = dict(rec.step_end)
-        first, last = spec["warmup"], spec["steps"]
-        tokens = sum(int(t.sum()) for t in rec.seq_lengths[first:last])
-        seconds = ends[last] - ends[first]
-        result.update(status="ok", tokens_per_s=tokens / seconds, window_seconds=seconds, window_tokens=tokens,
-                      peak_gib=(rec.peak_train or 0) / 2**30, first_loss=float(rec.losses[0]),
-                      final_loss=float(rec.losses[-1]), batch_tokens=[int(t.sum()) for t in rec.seq_lengths],
-                      ref_model_is_none=rec.trainer.ref_model is None, model=describe_model(rec.trainer.model),
-                      device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
-    except BaseException as err:
-        result.update(status="error", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-        print(result["traceback"], file=sys.stderr)
-    (Path(spec["work"]) / f"{mode}.json").write_text(json.dumps(result))
-    return 0 if result["status"] == "ok" else 1
+def make_pairs(count: int, seed: int, short: bool) -> list[dict]:
+    tokenizer, _ = load_tokenizer_and_renderer()
+    rng = random.Random(seed)
+    words = single_token_words(tokenizer)
+    text = lambda low, high: " ".join(rng.choice(words) for _ in range(rng.randint(low, high)))
+    return [{"prompt": text(16, 64) if short else text(64, 512), "chosen": text(8, 32) if short else text(32, 512),
+             "rejected": text(8, 32) if short else text(32, 512)} for _ in range(count)]
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true", help="CPU check: tiny model, short pairs, 3 steps")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 30; smoke 3)")
-    p.add_argument("--warmup", type=int, default=None, help="steps left out of the timing (default 5; smoke 1)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.environ.get("OUT") or str(REPO_ROOT / "bench" / "results"))
-    p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
-    p.add_argument("--spec", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = bench_parser(__doc__, "0.5b", MODES, list(MODES), steps=25, warmup=5).parse_args(argv)
     if args.worker:
-        return worker(args.worker, args.spec)
-    args.steps = args.steps or (3 if args.smoke else 30)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 5)
-
-    out, work = Path(args.out), Path(tempfile.mkdtemp(prefix="dpo_bench_"))
-    out.mkdir(parents=True, exist_ok=True)
-    model_dir = work / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text(json.dumps(SMOKE_MODEL if args.smoke else QWEN25_05B))
-    tokenizer, _ = load_tokenizer_and_renderer()
-    pairs = work / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in make_pairs(args, tokenizer)))
-    spec = {"work": str(work), "model_dir": str(model_dir), "pairs": str(pairs), "steps": args.steps,
-            "warmup": args.warmup, "batch_size": args.batch_size, "max_length": 1024}
-    (work / "spec.json").write_text(json.dumps(spec))
-
-    results = {}
-    for mode in MODES:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-        with (out / f"dpo_{mode}.log").open("w") as log:
-            subprocess.run([sys.executable, __file__, "--worker", mode, "--spec", str(work / "spec.json")],
-                           stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, timeout=600, check=False)
-        result_file = work / f"{mode}.json"
-        results[mode] = json.loads(result_file.read_text()) if result_file.is_file() else {"status": "error", "error": "no result"}
-        print(mode, {k: v for k, v in results[mode].items() if k not in ("batch_tokens", "traceback", "model")}, flush=True)
-    base, ours = results["trl_dpo"], results["ours_dpo"]
-    if base.get("status") == ours.get("status") == "ok":
-        ours["ratio_tokens_per_s"] = ours["tokens_per_s"] / base["tokens_per_s"]
-        ours["ratio_peak"] = ours["peak_gib"] / base["peak_gib"] if base["peak_gib"] else None
-        ours["same_batches"] = ours["batch_tokens"] == base["batch_tokens"]
-    report = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "settings": spec | {"lora": LORA},
-              "results": results}
-    (out / ("dpo_throughput_smoke.json" if args.smoke else "dpo_throughput.json")).write_text(json.dumps(report, indent=2))
-    print("\n| mode | tokens/s | peak GiB | first -> final loss | ref copy |\n|---|---|---|---|---|")
-    for mode, r in results.items():
-        if r.get("status") == "ok":
-            print(f"| {mode} | {r['tokens_per_s']:,.0f} | {r['peak_gib']:.1f} | {r['first_loss']:.4f} -> {r['final_loss']:.4f} | "
-                  f"{'none' if r['ref_model_is_none'] else 'yes'} |")
-    if "ratio_tokens_per_s" in ours:
-        print(f"\nours / TRL: tokens/s {ours['ratio_tokens_per_s']:.3f}, peak {ours['ratio_peak'] or 0:.3f}, "
-              f"same batches {ours['same_batches']}")
-    return 0 if all(r.get("status") == "ok" for r in results.values()) else 1
+        return worker_main(args.worker, args.spec, run)
+    spec = new_spec(args, "dpo_bench_", max_length=1024, lora=LORA)
+    pairs = make_pairs(args.steps * args.batch_size, args.seed, args.shape == "smoke")
+    spec["pairs"] = str(write_jsonl(Path(spec["work"]) / "pairs.jsonl", pairs))
+    return drive(Path(__file__).resolve(), spec, args.modes, Path(args.out), args.mode_timeout, f"dpo_{args.shape}",
+                 "trl_dpo", {"ours": "trl_fast"})
 
 
 if __name__ == "__main__":

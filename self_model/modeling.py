@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from typing import Any
@@ -91,18 +92,95 @@ def _torch_dtype(cfg: RunConfig, training_args):
     return "auto"
 
 
-def load_model(cfg: RunConfig, tokenizer, training_args, model_class=None, **config_kwargs):
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def liger_available() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def packs(setting: bool | str) -> bool:
+    """`data.packing` resolved: `auto` packs on a GPU."""
+    return cuda_available() if setting == "auto" else bool(setting)
+
+
+def attention_for(cfg: RunConfig, packed: bool) -> str:
+    """`model.attn_implementation` resolved: `auto` is varlen for packed batches on a GPU, else SDPA."""
+    from self_model import attention  # imports torch: after the config is validated
+
+    name = cfg.model.attn_implementation
+    if name == "auto":
+        name = attention.VARLEN if packed and cuda_available() else "sdpa"
+    if name == attention.VARLEN:
+        attention.register()
+    return name
+
+
+def gpu_memory() -> int | None:
+    """Total memory of this process's GPU, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+
+
+def speed_defaults(cfg: RunConfig) -> dict[str, Any]:
+    """This project's fast defaults on a GPU, for the training_args the user leaves unset: bf16 where the chip has
+    it, and Liger's fused kernels where liger-kernel is installed."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    defaults: dict[str, Any] = {}
+    if torch.cuda.is_bf16_supported() and not cfg.training_args.get("fp16"):
+        defaults["bf16"] = True
+    if liger_available():
+        defaults["use_liger_kernel"] = True
+    return defaults
+
+
+def weight_dtype(cfg: RunConfig, training_args, checkpoint_dtype: str) -> str:
+    """The dtype the weights are trained in, as a name (`auto` resolved to the checkpoint's)."""
+    dtype = _torch_dtype(cfg, training_args)
+    return checkpoint_dtype if dtype == "auto" else str(dtype).replace("torch.", "")
+
+
+def load_model(cfg: RunConfig, tokenizer, training_args, model_class=None, packed: bool = False, **config_kwargs):
     """The model: random init from model.init_from_config, or loaded (4-bit for qlora); embeddings fit the tokenizer.
 
-    `config_kwargs` change the model config (e.g. num_labels=1 for a reward model's head)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, set_seed
+    `packed`: batches hold several documents in one row (boundaries in position_ids); the attention must keep them
+    apart. `config_kwargs` change the model config (e.g. num_labels=1 for a reward model's head)."""
+    from transformers import AutoModelForCausalLM
 
     model_class = model_class or AutoModelForCausalLM
     dtype = _torch_dtype(cfg, training_args)
-    kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
-    if cfg.model.attn_implementation:
-        kwargs["attn_implementation"] = cfg.model.attn_implementation
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code,
+                              "attn_implementation": attention_for(cfg, packed)}
+    try:
+        model = _build(cfg, model_class, dtype, training_args, kwargs, config_kwargs)
+    except ImportError as err:  # a flash_attention_* kind whose package is missing
+        raise UserError(f"model.attn_implementation: {kwargs['attn_implementation']} cannot run here ({err}); "
+                        "use auto, varlen or sdpa") from None
+    if packed and not getattr(model, "_supports_attention_backend", False):
+        raise UserError(f"{type(model).__name__} does not read document boundaries from position_ids in its attention, "
+                        "so packed documents would see each other: set data.packing: false (SFT) or "
+                        "data.isolate_documents: false (CPT)")
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    # Training needs no KV cache; with one, transformers also stops reading packed position_ids for SDPA masks.
+    model.config.use_cache = False
+    return model
+
+
+def _build(cfg: RunConfig, model_class, dtype, training_args, kwargs: dict, config_kwargs: dict):
+    import torch
+    from transformers import AutoConfig, set_seed
+
     if cfg.model.init_from_config:
         config = AutoConfig.from_pretrained(cfg.model.init_from_config, **kwargs, **config_kwargs)
         set_seed(training_args.seed)
@@ -119,9 +197,6 @@ def load_model(cfg: RunConfig, tokenizer, training_args, model_class=None, **con
             model = model_class.from_pretrained(cfg.model_name_or_path, dtype=dtype, **kwargs, **config_kwargs)
         except OSError as err:
             raise _not_available("model", cfg.model_name_or_path, err) from None
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
-    model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
 

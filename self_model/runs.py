@@ -38,6 +38,7 @@ def is_main_process() -> bool:
 class RunDir:
     path: Path
     resume_checkpoint: str | None = None
+    memory_plan: dict | None = None  # the estimate the stage printed before training (memory.MemoryPlan.summary)
 
     @classmethod
     def prepare(cls, cfg: RunConfig, dry_run: bool = False) -> RunDir:
@@ -93,6 +94,7 @@ class RunDir:
             "versions": package_versions(),
             "device": device_description(),
             "processes": int(os.environ.get("WORLD_SIZE", "1")),
+            **({"memory_plan": self.memory_plan} if self.memory_plan else {}),
             **extra,
         }
         target = self.path / "manifest.json"

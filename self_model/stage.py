@@ -11,8 +11,8 @@ from typing import Any
 
 from self_model.config import RunConfig, StageSpec, import_class, load_config
 from self_model.data.built import BuiltData
-from self_model.errors import ConfigError, exit_on_user_error
-from self_model.modeling import check_environment, load_tokenizer
+from self_model.errors import ConfigError, UserError, exit_on_user_error
+from self_model.modeling import check_environment, gpu_memory, load_tokenizer, speed_defaults, weight_dtype
 from self_model.runs import RunDir, is_main_process
 from self_model.template import IGNORE_INDEX, ChatTemplate, Renderer, load_renderer, use_chat_template
 from self_model.tracking import finish_runs, setup_tracking, start_runs, tensorboard_dir
@@ -33,9 +33,18 @@ def stage_main(stage: StageSpec, train: Callable[..., Any]) -> Callable[[list[st
     return main
 
 
+class _DocumentsApartFilter(logging.Filter):
+    """Drops TRL's warning that only flash-attention keeps packed examples apart: this project's varlen attention and
+    SDPA's packed masks keep them apart too (tests/test_attention.py), and load_model refuses a model that does not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "not set to a supported Flash Attention variant" not in record.getMessage()
+
+
 def setup_logging() -> None:
     level = logging.INFO if is_main_process() else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("trl.trainer.sft_trainer").addFilter(_DocumentsApartFilter())
 
 
 def say(message: str) -> None:
@@ -47,7 +56,11 @@ def say(message: str) -> None:
 def build_training_args(cfg: RunConfig, stage: StageSpec, owned: bool = True):
     """The stage's TRL/transformers config: our defaults, the user's training_args, and the fields our sections own
     (`owned` False leaves those out, for a backend that does not train through this config)."""
-    values = {**stage.default_values(cfg), **cfg.training_args, **(stage.owned_values(cfg) if owned else {})}
+    defaults = {**speed_defaults(cfg), **stage.default_values(cfg)}
+    if stage.workload is None:  # no memory plan: leave the speed switches to the backend
+        defaults = stage.default_values(cfg)
+    values = {**{k: v for k, v in defaults.items() if k not in cfg.training_args}, **cfg.training_args,
+              **(stage.owned_values(cfg) if owned else {})}
     for notice in check_environment(cfg, values):
         say(f"note: {notice}")
     report_to = setup_tracking(cfg.trace, values["output_dir"], values.get("run_name"))
@@ -59,11 +72,32 @@ def build_training_args(cfg: RunConfig, stage: StageSpec, owned: bool = True):
         raise ConfigError([f"training_args: {str(err).strip()}"], cfg.source) from None
 
 
+def apply_memory_plan(cfg: RunConfig, stage: StageSpec, args) -> dict | None:
+    """Print the memory plan; with model.gradient_checkpointing: auto, checkpoint only where the run needs it to fit.
+    Returns the plan as the manifest records it (None where the model's config cannot be read for it)."""
+    from self_model import memory
+
+    try:
+        shape = memory.model_shape(cfg)
+    except (AttributeError, KeyError, TypeError, ValueError, OSError) as err:  # an architecture the estimate cannot read
+        say(f"note: no memory plan for this model ({type(err).__name__}: {err}); gradient checkpointing "
+            f"{'on' if args.gradient_checkpointing else 'off'}")
+        return None
+    result = memory.plan(cfg, shape, stage.workload(cfg, args), weight_dtype(cfg, args, shape.dtype),
+                         bool(getattr(args, "use_liger_kernel", False)), gpu_memory(), cfg.model.gradient_checkpointing)
+    for line in result.lines():
+        say(line)
+    args.gradient_checkpointing = result.checkpointing
+    return result.summary()
+
+
 def open_stage(cfg: RunConfig, stage: StageSpec, dry_run: bool, chat: bool = True, owned: bool = True):
     """The first steps of every stage: output_dir policy, training arguments, tokenizer and, for chat data, the
     template (also set as the tokenizer's chat template, which TRL's trainers and vLLM render with)."""
     run = RunDir.prepare(cfg, dry_run=dry_run)
     training_args = build_training_args(cfg, stage, owned)
+    if stage.workload is not None:
+        run.memory_plan = apply_memory_plan(cfg, stage, training_args)
     tokenizer = load_tokenizer(cfg)
     renderer = None
     if chat:
@@ -74,6 +108,10 @@ def open_stage(cfg: RunConfig, stage: StageSpec, dry_run: bool, chat: bool = Tru
 
 def fit(trainer, run: RunDir, eval_before: bool) -> dict:
     """Train (resuming when asked), evaluating before (optional) and after; trackers are closed whatever happens."""
+    import torch
+
+    from self_model.memory import GIB
+
     args = trainer.args
     start_runs(args.report_to, args.output_dir, args.run_name)
     metrics = {}
@@ -88,9 +126,24 @@ def fit(trainer, run: RunDir, eval_before: bool) -> dict:
         metrics.update(result.metrics if result is not None else {})  # TRL's experimental PPO returns nothing
         if trainer.eval_dataset is not None:
             metrics.update(trainer.evaluate())
+    except torch.OutOfMemoryError:
+        raise UserError(out_of_memory_advice(trainer, run)) from None
     finally:
         finish_runs(args.report_to)
+    if torch.cuda.is_available():
+        metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated() / GIB
     return metrics
+
+
+def out_of_memory_advice(trainer, run: RunDir) -> str:
+    """What to change after the GPU ran out of memory, with the numbers of this run."""
+    args = trainer.args
+    planned = f"; the memory plan estimated {run.memory_plan['total_gib']:.1f} GiB" if run.memory_plan else ""
+    return (f"the GPU ran out of memory at step {trainer.state.global_step}{planned}. Lower "
+            f"training_args.per_device_train_batch_size ({args.per_device_train_batch_size}; raise "
+            f"gradient_accumulation_steps to keep the batch), the data's max_length/block_size, "
+            + ("" if args.gradient_checkpointing else "or set model.gradient_checkpointing: true, ")
+            + "or train adapters (peft.enabled: true)")
 
 
 DESCRIBED_METRICS = {  # metric key -> how the final line names it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -57,6 +58,33 @@ def test_from_scratch_then_from_checkpoint_loss_falls(tmp_path):
     second = metrics_of(tmp_path / "b" / "out")
     assert second["eval_loss_before"] == pytest.approx(first["eval_loss"], abs=1e-4)  # it starts where the first ended
     assert second["eval_loss"] < second["eval_loss_before"] - 0.2, second
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_training_batches_keep_documents_apart_unless_asked(tmp_path, monkeypatch, isolate):
+    """What the model's forward receives: padding-free rows whose position_ids restart at each document, or (not
+    isolated) padded blocks with an attention mask, as run_clm gives."""
+    from transformers import Qwen2ForCausalLM
+
+    seen = []
+    forward = Qwen2ForCausalLM.forward
+
+    @functools.wraps(forward)  # the trainer reads forward's signature to choose the dataset's columns
+    def spy(self, *args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("position_ids", "attention_mask", "labels")})
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Qwen2ForCausalLM, "forward", spy)
+    train(load(tmp_path, data={"isolate_documents": isolate}, training_args={"max_steps": 1, "eval_strategy": "no"},
+               eval_before_training=False))
+    batch = seen[0]
+    if isolate:
+        positions = batch["position_ids"][0].tolist()
+        starts = [i for i, p in enumerate(positions) if p == 0]
+        assert batch["attention_mask"] is None and len(starts) > 2
+        assert all(batch["labels"][0, i] == -100 for i in starts)  # nothing before a document predicts its start
+    else:
+        assert batch["attention_mask"] is not None and batch["position_ids"] is None
 
 
 def test_blocks_cover_every_token_and_the_tail_is_padded_and_masked(tmp_path, tokenizer):
@@ -144,7 +172,11 @@ def test_streaming_training_and_dry_run_cli(tmp_path):
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "(first blocks of the stream)" in dry.stdout
     preview = [json.loads(line) for line in (tmp_path / "out" / "preview.jsonl").read_text().splitlines()]
-    assert len(preview) == 100 and preview[0]["labels"] == preview[0]["input_ids"]
+    assert len(preview) == 100
+    ids, labels = preview[0]["input_ids"], preview[0]["labels"]
+    starts = [i for i, label in enumerate(labels) if label == -100]  # isolated documents: nothing predicts a first token
+    assert starts[0] == 0 and len(starts) > 1 and all(ids[i - 1] == ids[starts[1] - 1] for i in starts[1:])
+    assert all(label in (-100, token) for label, token in zip(labels, ids))
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
     result = run_script(PRETRAIN_SCRIPT, "--config", str(path))

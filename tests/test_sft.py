@@ -105,7 +105,11 @@ def test_masked_tokens_get_no_gradient(tmp_path):
 def test_dry_run_writes_preview_and_loads_no_weights(tmp_path, monkeypatch):
     import transformers
 
+    build = transformers.AutoModelForCausalLM.from_config
+
     def refuse(*args, **kwargs):
+        if torch.get_default_device().type == "meta":  # the memory plan counts parameters on the meta device
+            return build(*args, **kwargs)
         raise AssertionError("dry run loaded a model")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", refuse)

@@ -9,6 +9,8 @@ from self_model.config.schema import option
 
 TRACE_BACKENDS = ("none", "tensorboard", "wandb", "swanlab")
 PEFT_METHODS = ("lora", "dora", "qlora")
+ATTENTION = ("auto", "varlen", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3",
+             "flash_attention_4")
 
 
 @dataclass
@@ -18,9 +20,13 @@ class ModelArgs:
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = option(
         "Weight dtype; `auto` takes the checkpoint's dtype (float32 for init_from_config).", "auto"
     )
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] | None = (
-        option("Attention kernel; null lets transformers choose (sdpa where available).", None)
-    )
+    attn_implementation: Literal[ATTENTION] = option(
+        "Attention kernel. `auto`: `varlen` for packed batches on a GPU, else sdpa. `varlen` is this project's "
+        "document-exact attention on torch's flash kernel (self_model/attention.py); the flash_attention_* kinds need "
+        "their packages.", "auto")
+    gradient_checkpointing: Literal["auto"] | bool = option(
+        "Recompute activations in the backward pass to save memory. `auto`: only when the memory plan says the run "
+        "would not fit otherwise (printed before training and by --dry-run).", "auto")
     trust_remote_code: bool = option("Allow custom modelling code shipped with the checkpoint.", False)
     init_from_config: str | None = option(
         "A config.json (or a directory holding one): build the model with random weights from it "

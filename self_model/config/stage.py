@@ -48,8 +48,17 @@ def value_at(cfg: RunConfig, key_path: str) -> Any:
     return node
 
 
+def _checkpointing(cfg: RunConfig) -> bool | None:
+    setting = cfg.model.gradient_checkpointing
+    return setting if isinstance(setting, bool) else None  # `auto`: the memory plan decides
+
+
 # Fields every stage owns: `report_to` comes from `trace`, `resume_from_checkpoint` from `resume`.
-SHARED_OWNED = {"report_to": Owned("trace"), "resume_from_checkpoint": Owned("resume")}
+SHARED_OWNED = {
+    "report_to": Owned("trace"),
+    "resume_from_checkpoint": Owned("resume"),
+    "gradient_checkpointing": Owned("model.gradient_checkpointing", _checkpointing),
+}
 
 
 @dataclass
@@ -66,6 +75,8 @@ class StageSpec:
     training_defaults: Callable[[RunConfig], dict[str, Any]] | None = None
     # the stage's own cross-field rules: (config) -> [(key, message)]
     checks: Callable[[RunConfig], list[tuple[str, str]]] | None = None
+    # what one micro-step computes, for the memory plan: (config, built training args) -> memory.Workload
+    workload: Callable[[RunConfig, Any], Any] | None = None
 
     @property
     def default_output_dir(self) -> str:
@@ -83,7 +94,7 @@ class StageSpec:
 
     def owned_values(self, cfg: RunConfig) -> dict[str, Any]:
         """The training_args fields our sections set, with their values."""
-        values = {name: owned.value(cfg) for name, owned in self.owned_training_args.items() if owned.value}
+        values = {name: owned.value(cfg) for name, owned in self.owned.items() if owned.value}
         return {name: value for name, value in values.items() if value is not None}
 
     def default_values(self, cfg: RunConfig) -> dict[str, Any]:

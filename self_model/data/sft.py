@@ -31,7 +31,10 @@ class SFTDataArgs(DataSourceArgs):
         {},
     )
     max_length: int = option("Examples longer than this many tokens are truncated (the share is reported).", 1024)
-    packing: bool = option("Pack several examples into each max_length sequence (TRL packing).", False)
+    packing: Literal["auto"] | bool = option(
+        "Pack several examples into each max_length sequence (TRL's best-fit packing, padding-free batches, each "
+        "example attending only to itself). `auto`: on with a GPU. With packing, per_device_train_batch_size counts "
+        "packed sequences of max_length tokens.", "auto")
     train_on: Literal["all_assistant", "last_assistant", "everything"] = option(
         "Which tokens carry loss: every assistant turn, the last one, or the whole text.", "all_assistant"
     )

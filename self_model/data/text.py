@@ -2,8 +2,9 @@
 
 Schema of the `pretrain` kind: `{"text": str}`, read from rows with `text` and from `.txt` files. The same generator
 makes the blocks for the in-memory and the streaming dataset, so both give identical blocks for the same input.
-Documents run across block boundaries (as in Hugging Face's run_clm); the last, shorter block is kept, and the
-collator pads it and masks the padding.
+Documents run across block boundaries (as in Hugging Face's run_clm); the last, shorter block is kept. Each block
+records the lengths of its document pieces, so that by default (`isolate_documents`) every document attends only to
+itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from self_model.data.built import EVAL, TRAIN, BuiltData
 from self_model.data.conversations import CONVERSATION_KEYS, row_to_messages
 from self_model.data.sources import BadRow, BadRowLog, Row, as_list, fingerprints, iter_source, load_rows
 from self_model.errors import DataError
+from self_model.template import IGNORE_INDEX
 
 TOKENIZE_BATCH = 256  # documents per tokenizer call (the fast tokenizer encodes a batch in parallel)
 
@@ -39,7 +41,10 @@ class TextDataArgs(DataSourceArgs):
     txt_documents: Literal["line", "blank_line"] = option(
         "How a .txt file splits into documents: one per line, or blocks separated by blank lines.", "line"
     )
-    block_size: int = option("Tokens per training sequence; the last partial block is padded and its padding masked.", 1024)
+    block_size: int = option("Tokens per training sequence; the last block may be shorter.", 1024)
+    isolate_documents: bool = option(
+        "Each document attends only to itself (its boundaries travel in position_ids through padding-free batches). "
+        "false: documents joined by EOS attend across each other inside a block, as in Hugging Face's run_clm.", True)
     streaming: bool = option(
         "Read the training files lazily (corpora larger than memory); needs training_args.max_steps.", False
     )
@@ -92,7 +97,7 @@ class TextStats:
 
     def lines(self, split: str) -> list[str]:
         scope = " (first blocks of the stream)" if self.partial else ""
-        tail = f"; last block {self.last_block_tokens} tokens, padded and masked" if self.last_block_tokens else ""
+        tail = f"; last block {self.last_block_tokens} tokens" if self.last_block_tokens else ""
         return [f"[{split}] documents {self.documents}, tokens {self.tokens}, blocks {self.blocks}{tail}{scope}"]
 
 
@@ -145,20 +150,51 @@ def _adds_bos(tokenizer) -> bool:
 
 
 def blocks(docs: Iterable[str], tokenizer, block_size: int, stats: TextStats) -> Iterator[dict[str, list[int]]]:
-    """Concatenate the documents' ids and cut them into blocks; the remainder becomes a last, shorter block."""
+    """Concatenate the documents' ids and cut them into blocks; the remainder becomes a last, shorter block.
+
+    `seq_lengths` are the lengths of the document pieces in a block, in order (what padding-free batches turn into
+    position_ids that restart at each document)."""
     buffer: list[int] = []
+    pieces: list[int] = []
     for ids in document_ids(docs, tokenizer):
         stats.documents += 1
         stats.tokens += len(ids)
         buffer.extend(ids)
+        pieces.append(len(ids))
         while len(buffer) >= block_size:
             stats.blocks += 1
-            yield {"input_ids": buffer[:block_size]}
+            yield {"input_ids": buffer[:block_size], "seq_lengths": _take(pieces, block_size)}
             buffer = buffer[block_size:]
     if buffer:
         stats.blocks += 1
         stats.last_block_tokens = len(buffer)
-        yield {"input_ids": buffer}
+        yield {"input_ids": buffer, "seq_lengths": pieces}
+
+
+def _take(pieces: list[int], count: int) -> list[int]:
+    """The lengths covering the first `count` tokens (the last one split); `pieces` keeps the rest."""
+    taken = []
+    while count:
+        step = min(pieces[0], count)
+        taken.append(step)
+        count -= step
+        if step == pieces[0]:
+            pieces.pop(0)
+        else:
+            pieces[0] -= step
+    return taken
+
+
+def block_labels(block: dict[str, list[int]], isolate_documents: bool) -> list[int]:
+    """What the loss trains in a block: every token, but a document's first one when documents are isolated (nothing
+    before it in its document predicts it)."""
+    labels = list(block["input_ids"])
+    if isolate_documents:
+        start = 0
+        for length in block["seq_lengths"]:
+            labels[start] = IGNORE_INDEX
+            start += length
+    return labels
 
 
 @dataclass
@@ -176,10 +212,10 @@ def _materialise(docs: Iterable[str], tokenizer, data: TextDataArgs, split: str)
     import datasets
 
     stats = TextStats()
-    rows = [block["input_ids"] for block in blocks(docs, tokenizer, data.block_size, stats)]
+    rows = list(blocks(docs, tokenizer, data.block_size, stats))
     if not rows:
         raise DataError(f"no {split} text left (every row was empty or skipped)")
-    return datasets.Dataset.from_dict({"input_ids": rows}), stats
+    return datasets.Dataset.from_list(rows), stats
 
 
 def stream_documents(data: TextDataArgs, bad: BadRowLog) -> Iterator[str]:
@@ -214,6 +250,6 @@ def build_text_data(data: TextDataArgs, tokenizer, seed: int, preview_blocks: in
     evaluation = None
     if eval_rows:
         evaluation, stats[EVAL] = _materialise(documents(eval_rows, data.text_fields, bad), tokenizer, data, EVAL)
-    preview = [{"text": tokenizer.decode(block["input_ids"]), "input_ids": block["input_ids"], "labels": block["input_ids"]}
-               for block in first[:preview_blocks]]
+    preview = [{"text": tokenizer.decode(block["input_ids"]), "input_ids": block["input_ids"],
+                "labels": block_labels(block, data.isolate_documents)} for block in first[:preview_blocks]]
     return BuiltText(train, evaluation, stats, bad, fingerprints(data), preview, streaming=data.streaming)

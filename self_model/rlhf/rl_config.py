@@ -126,6 +126,9 @@ def rl_checks(cfg: RunConfig, algorithm: str) -> list[tuple[str, str]]:
         problems.append(("rl.cluster.num_cpus", "a Ray cluster that is joined counts its own CPUs; remove num_cpus"))
     if rl.backend == "verl" and cfg.peft.enabled:
         problems += verl_peft_problems(cfg)
+    if rl.backend == "verl" and cfg.model.attn_implementation == "varlen":
+        problems.append(("model.attn_implementation", "varlen is this project's attention for the TRL/transformers "
+                         "stages; verl's workers pack sequences their own way: use auto (sdpa) or flash_attention_2"))
     return problems
 
 

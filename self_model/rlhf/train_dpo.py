@@ -14,7 +14,8 @@ from typing import Literal
 from self_model.config import Owned, RunConfig, StageSpec, from_key, import_class, option, replace_model
 from self_model.data.preference import PreferenceDataArgs, build_preference_data
 from self_model.errors import DataError
-from self_model.modeling import build_peft_config, load_model, set_stop_tokens
+from self_model.memory import Workload
+from self_model.modeling import build_peft_config, cuda_available, liger_available, load_model, set_stop_tokens
 from self_model.stage import fit, open_stage, present_data, save_final, stage_main
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -76,9 +77,24 @@ def loss_type(cfg: RunConfig) -> str | list[str] | None:
     return "simpo" if args.algorithm == "simpo" else args.loss_type
 
 
-def simpo_defaults(cfg: RunConfig) -> dict:
-    # SimPO is CPO without the behaviour-cloning term
-    return {"cpo_alpha": 0.0} if cfg.sections["dpo"].algorithm == "simpo" else {}
+def training_defaults(cfg: RunConfig) -> dict:
+    args: PreferenceArgs = cfg.sections["dpo"]
+    defaults = {"cpo_alpha": 0.0} if args.algorithm == "simpo" else {}  # SimPO is CPO without behaviour cloning
+    # TRL's Liger losses: DPO with one loss and KTO's own loss, log-probabilities not precomputed
+    losses = [args.loss_type] if isinstance(args.loss_type, str) else args.loss_type or []
+    fused = (args.algorithm == "dpo" and len(losses) <= 1) or (args.algorithm == "kto" and losses in ([], ["kto"]))
+    if fused and not cfg.training_args.get("precompute_ref_log_probs") and cuda_available() and liger_available():
+        defaults["use_liger_kernel"] = True
+    else:
+        defaults["use_liger_kernel"] = False  # the model kernels alone would leave TRL's unfused preference losses
+    return defaults
+
+
+def workload(cfg: RunConfig, args) -> Workload:
+    algorithm = cfg.sections["dpo"].algorithm
+    tokens = 2 * args.per_device_train_batch_size * cfg.data.max_length  # chosen and rejected (KTO: its KL batch)
+    copy = algorithm in WITH_REFERENCE and not cfg.peft.enabled and not getattr(args, "precompute_ref_log_probs", False)
+    return Workload(tokens, tokens, reference_copy=copy)
 
 
 STAGE = StageSpec(
@@ -88,8 +104,9 @@ STAGE = StageSpec(
     data_class=PreferenceDataArgs,
     owned_training_args={"beta": from_key("dpo.beta"), "loss_type": Owned("dpo.loss_type", loss_type),
                          "max_length": from_key("data.max_length")},
-    training_defaults=simpo_defaults,
+    training_defaults=training_defaults,
     checks=stage_checks,
+    workload=workload,
 )
 
 

@@ -11,6 +11,7 @@ import sys
 from self_model.config import RunConfig, StageSpec, from_key
 from self_model.data.preference import PreferenceDataArgs, build_preference_data
 from self_model.errors import DataError
+from self_model.memory import Workload
 from self_model.modeling import build_peft_config, load_model
 from self_model.stage import fit, open_stage, present_data, save_final, save_merged, say, stage_main
 
@@ -21,6 +22,9 @@ STAGE = StageSpec(
     training_args_class="trl.trainer.reward_config:RewardConfig",
     data_class=PreferenceDataArgs,
     owned_training_args={"max_length": from_key("data.max_length")},
+    # Liger's fused loss replaces a causal LM's forward; a reward model has a score head instead
+    training_defaults=lambda cfg: {"liger_kernel_config": {"fused_linear_cross_entropy": False, "cross_entropy": False}},
+    workload=lambda cfg, args: Workload(2 * args.per_device_train_batch_size * cfg.data.max_length, 0, lm_head=False),
 )
 
 

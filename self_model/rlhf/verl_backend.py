@@ -51,7 +51,7 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
         "data.seed": cfg.training_args.get("seed", 42),
         "actor_rollout_ref.model.path": model_path,
         "actor_rollout_ref.model.trust_remote_code": cfg.model.trust_remote_code,
-        "+actor_rollout_ref.model.override_config.attn_implementation": cfg.model.attn_implementation or "sdpa",
+        "+actor_rollout_ref.model.override_config.attn_implementation": verl_attention(cfg),
         "actor_rollout_ref.actor.optim.lr": rl.actor.learning_rate,
         "actor_rollout_ref.actor.ppo_mini_batch_size": rl.actor.ppo_mini_batch_size,
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": micro,
@@ -83,6 +83,10 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
     }
     if chat_template:
         values["actor_rollout_ref.model.custom_chat_template"] = chat_template
+    if isinstance(cfg.model.gradient_checkpointing, bool):  # `auto` keeps verl's default (on)
+        values["actor_rollout_ref.model.enable_gradient_checkpointing"] = cfg.model.gradient_checkpointing
+        if algorithm == "ppo":
+            values["critic.model.enable_gradient_checkpointing"] = cfg.model.gradient_checkpointing
     if cfg.peft.enabled:  # what verl cannot honour of `peft` is refused by rl_config.verl_peft_problems
         values["actor_rollout_ref.model.lora_rank"] = cfg.peft.lora_r
         values["actor_rollout_ref.model.lora_alpha"] = cfg.peft.lora_alpha
@@ -94,7 +98,7 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
         values.update({
             "critic.enable": True,
             "critic.model.path": rl.critic.model_name_or_path or model_path,
-            "+critic.model.override_config.attn_implementation": cfg.model.attn_implementation or "sdpa",
+            "+critic.model.override_config.attn_implementation": verl_attention(cfg),
             "critic.optim.lr": rl.critic.learning_rate,
             "critic.ppo_micro_batch_size_per_gpu": rl.critic.ppo_micro_batch_size_per_gpu,
         })
@@ -113,6 +117,11 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
             "+reward.custom_reward_function.reward_kwargs.weights": rl.reward.weights or [1.0] * len(rl.reward.functions),
         })
     return values
+
+
+def verl_attention(cfg: RunConfig) -> str:
+    """The attention verl's workers load the models with: `auto` is SDPA (rl_checks refuses `varlen` there)."""
+    return "sdpa" if cfg.model.attn_implementation == "auto" else cfg.model.attn_implementation
 
 
 def compose(values: dict[str, Any], passthrough: dict[str, Any]):
