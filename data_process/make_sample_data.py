@@ -7,7 +7,9 @@ Everything is produced from templates and a seeded RNG, so the same seed always 
 Writes `sft_train.jsonl` and `sft_eval.jsonl` (OpenAI-style `{"messages": [...]}` rows), `corpus.txt`
 (one document per line) for `tokenizer/train_tokenizer.py`, and `pref_train.jsonl` / `pref_eval.jsonl`
 (`prompt`/`chosen`/`rejected`: the same question answered correctly and wrongly) for RM and DPO, and
-`rl_prompts.jsonl` (`prompt`/`ground_truth`/`data_source` arithmetic prompts) for PPO/GRPO.
+`rl_prompts.jsonl` (`prompt`/`ground_truth`/`data_source` arithmetic prompts) for PPO/GRPO, `cls_train.jsonl` /
+`cls_eval.jsonl` (`text`/`label`: a question and its topic) for sequence classification, and `emb_train.jsonl` /
+`emb_eval.jsonl` (`query`/`positive`/`negative`: a question, its right answer, a wrong one) for embedding models.
 """
 
 import argparse
@@ -176,6 +178,24 @@ def rl_prompt_rows(rng, n):
     return rows
 
 
+TOPICS = {arithmetic: "math", word_task: "words", capital: "geography", convert: "units"}
+
+
+def classification_rows(rng, n):
+    """`n` questions labelled with their topic (math, words, geography, units)."""
+    rows = []
+    for _ in range(n):
+        task = rng.choice(list(TOPICS))
+        rows.append({"text": task(rng)[1], "label": TOPICS[task]})
+    return rows
+
+
+def embedding_rows(rng, n):
+    """`n` retrieval rows: a question (query), its right answer (positive) and a wrong answer (hard negative)."""
+    return [{"query": row["prompt"], "positive": row["chosen"], "negative": [row["rejected"]]}
+            for row in preference_rows(rng, n)]
+
+
 def corpus_sentences(rng, n):
     """`n` plain English/Chinese sentences from templates, for tokenizer training."""
     sentences = []
@@ -219,6 +239,8 @@ def main():
     parser.add_argument("--num_pairs", type=int, default=600, help="preference pairs in pref_train.jsonl")
     parser.add_argument("--num_eval_pairs", type=int, default=100, help="preference pairs in pref_eval.jsonl")
     parser.add_argument("--num_rl_prompts", type=int, default=200, help="arithmetic prompts in rl_prompts.jsonl")
+    parser.add_argument("--num_cls", type=int, default=400, help="labelled questions in cls_train.jsonl (cls_eval: a quarter)")
+    parser.add_argument("--num_emb", type=int, default=400, help="retrieval rows in emb_train.jsonl (emb_eval: a quarter)")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
@@ -236,6 +258,11 @@ def main():
     write_jsonl(out / "pref_train.jsonl", preference_rows(pair_rng, args.num_pairs))
     write_jsonl(out / "pref_eval.jsonl", preference_rows(pair_rng, args.num_eval_pairs))
     write_jsonl(out / "rl_prompts.jsonl", rl_prompt_rows(random.Random(args.seed + 2), args.num_rl_prompts))
+    cls_rng, emb_rng = random.Random(args.seed + 3), random.Random(args.seed + 4)
+    write_jsonl(out / "cls_train.jsonl", classification_rows(cls_rng, args.num_cls))
+    write_jsonl(out / "cls_eval.jsonl", classification_rows(cls_rng, args.num_cls // 4))
+    write_jsonl(out / "emb_train.jsonl", embedding_rows(emb_rng, args.num_emb))
+    write_jsonl(out / "emb_eval.jsonl", embedding_rows(emb_rng, args.num_emb // 4))
     print(f"wrote {len(train_rows)} train rows, {len(eval_rows)} eval rows, {len(lines)} corpus lines, "
           f"{args.num_pairs} + {args.num_eval_pairs} preference pairs to {out}")
 

@@ -186,18 +186,31 @@ def _build(cfg: RunConfig, model_class, dtype, training_args, kwargs: dict, conf
         set_seed(training_args.seed)
         model = model_class.from_config(config, dtype=dtype if dtype != "auto" else torch.float32, **kwargs)
     else:
-        if cfg.peft.enabled and cfg.peft.method == "qlora":
-            from transformers import BitsAndBytesConfig
-
-            compute = torch.float16 if training_args.fp16 else torch.bfloat16
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
-            )
+        kwargs.update(quantization(cfg, training_args))
         try:
             model = model_class.from_pretrained(cfg.model_name_or_path, dtype=dtype, **kwargs, **config_kwargs)
         except OSError as err:
             raise _not_available("model", cfg.model_name_or_path, err) from None
     return model
+
+
+def quantization(cfg: RunConfig, training_args) -> dict[str, Any]:
+    """`from_pretrained` keywords for QLoRA's 4-bit base weights (none without qlora)."""
+    if not (cfg.peft.enabled and cfg.peft.method == "qlora"):
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.float16 if training_args.fp16 else torch.bfloat16
+    return {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)}
+
+
+def pretrained_kwargs(cfg: RunConfig, training_args) -> dict[str, Any]:
+    """What load_model passes to `from_pretrained` (dtype, attention, 4-bit), for a library that loads the weights
+    itself (sentence-transformers)."""
+    return {"dtype": _torch_dtype(cfg, training_args), "trust_remote_code": cfg.model.trust_remote_code,
+            "attn_implementation": attention_for(cfg, packed=False), **quantization(cfg, training_args)}
 
 
 def set_stop_tokens(model, tokenizer, stop_words: list[str]) -> None:
@@ -230,7 +243,7 @@ def build_peft_config(cfg: RunConfig, task_type: str = "CAUSAL_LM"):
     )
 
 
-def wrap_peft(model, cfg: RunConfig, training_args):
+def wrap_peft(model, cfg: RunConfig, training_args, task_type: str = "CAUSAL_LM"):
     """The model with adapters, for a plain transformers Trainer (TRL's trainers take the peft config themselves)."""
     if not cfg.peft.enabled:
         return model
@@ -240,5 +253,5 @@ def wrap_peft(model, cfg: RunConfig, training_args):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
     elif training_args.gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad-carrying input
-    return get_peft_model(model, build_peft_config(cfg))
+    return get_peft_model(model, build_peft_config(cfg, task_type))
 

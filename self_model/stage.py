@@ -149,7 +149,9 @@ def out_of_memory_advice(trainer, run: RunDir) -> str:
 DESCRIBED_METRICS = {  # metric key -> how the final line names it
     "eval_loss": "eval loss",
     "eval_perplexity": "perplexity",
-    "eval_accuracy": "pairwise accuracy",
+    "eval_accuracy": "accuracy",
+    "eval_macro_f1": "macro-F1",
+    "eval_mse": "MSE",
     "eval_margin": "mean margin",
     "eval_rewards/accuracies": "reward accuracy",
     "eval_rewards/margins": "reward margin",

@@ -11,7 +11,8 @@ from transformers import AutoConfig, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "tiny"
-DATA_FILES = ["sft_train.jsonl", "sft_eval.jsonl", "corpus.txt", "pref_train.jsonl", "pref_eval.jsonl", "rl_prompts.jsonl"]
+DATA_FILES = ["sft_train.jsonl", "sft_eval.jsonl", "corpus.txt", "pref_train.jsonl", "pref_eval.jsonl", "rl_prompts.jsonl",
+              "cls_train.jsonl", "cls_eval.jsonl", "emb_train.jsonl", "emb_eval.jsonl"]
 TEXTS = [
     "What is 12 + 7? 12 + 7 = 19.",
     "计算 12 加 7。12 加 7 等于 19。",
