@@ -9,7 +9,7 @@ Estimates, per component (bytes):
   only each layer's input is kept and one layer is recomputed at a time;
 - the language-model head's logits (tokens x vocabulary in float32, with their gradient), which Liger's fused
   linear cross-entropy and TRL's chunked loss never materialise whole;
-- a frozen reference copy for DPO/KTO without adapters.
+- a frozen reference copy for DPO/KTO without adapters, and a GKD teacher.
 `gradient_checkpointing: auto` turns checkpointing on when the estimate without it does not fit in 90% of the GPU,
 and always for QLoRA, which is chosen to spend the least memory.
 Measured peaks against these estimates are in docs/benchmarks.md.
@@ -36,6 +36,7 @@ class Workload:
     lm_head: bool = True  # False for a score head (reward model)
     chunked_loss: bool = False  # the trainer's loss computes the logits a chunk of tokens at a time (TRL's SFT)
     reference_copy: bool = False  # a frozen copy of the model (DPO/KTO, full training)
+    teacher_bytes: float = 0.0  # a frozen teacher held beside the model (GKD)
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,8 @@ def plan(cfg: RunConfig, shape: Shape, work: Workload, dtype: str, liger: bool, 
         result.rows.append(("AdamW states", shape.params * bytes_per * 2, f"two per parameter, {dtype}"))
     if work.reference_copy:
         result.rows.append(("reference model", shape.params * bytes_per, "frozen copy"))
+    if work.teacher_bytes:
+        result.rows.append(("teacher model", work.teacher_bytes, "frozen, in the training precision"))
     per_token = activation_bytes_per_token(shape, liger, peft.enabled and peft.lora_dropout > 0)
     ends = work.tokens * 2 * 6 * shape.hidden  # embeddings, final norm, the head's input
     full = work.tokens * shape.layers * per_token + ends

@@ -152,6 +152,8 @@ DESCRIBED_METRICS = {  # metric key -> how the final line names it
     "eval_accuracy": "accuracy",
     "eval_macro_f1": "macro-F1",
     "eval_mse": "MSE",
+    "eval_retrieval_cosine_recall@1": "recall@1",
+    "eval_retrieval_cosine_mrr@10": "MRR@10",
     "eval_margin": "mean margin",
     "eval_rewards/accuracies": "reward accuracy",
     "eval_rewards/margins": "reward margin",
