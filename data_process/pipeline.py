@@ -164,7 +164,7 @@ def resolve_kind(settings: ProcessSettings, rows: Iterator[tuple[int, str, Any]]
     shown = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
     raise DataError(
         f"{where}: cannot tell the kind of data from the first {len(probed)} rows (keys {shown}); "
-        "set kind (pretrain, sft, preference, rl), and keys to rename fields"
+        "set kind (pretrain, sft, preference, rl, classification, embedding), and keys to rename fields"
     )
 
 

@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     parser.add_argument("--input", nargs="+", help="input files or dataset ids")
     parser.add_argument("--output_dir", help="default data_process/final_data")
     parser.add_argument("--subdir", help="subfolder of output_dir, e.g. finetune")
-    parser.add_argument("--kind", help="pretrain, sft, preference or rl (default: detected)")
+    parser.add_argument("--kind", help="pretrain, sft, preference, rl, classification or embedding (default: detected)")
     parser.add_argument("--processes", type=int, help="worker processes (default: one per core)")
     parser.add_argument("--dedup", action="store_true", help="remove exact duplicates")
     parser.add_argument("--near_dedup", action="store_true", help="remove near-duplicates (MinHash LSH)")

@@ -110,8 +110,8 @@ class ProcessSettings:
     output_dir: str = option(
         "Results go to output_dir/subdir: {train,validation}.jsonl and the report.", "data_process/final_data"
     )
-    subdir: str = option("Subfolder of output_dir, e.g. finetune, pretrain, dpo, grpo.", "")
-    kind: Literal["auto", "pretrain", "sft", "preference", "rl"] = option(
+    subdir: str = option("Subfolder of output_dir, e.g. finetune, pretrain, dpo, grpo, seq_cls, embedding.", "")
+    kind: Literal["auto", "pretrain", "sft", "preference", "rl", "classification", "embedding"] = option(
         "Kind of data, written in the schema the stages read; `auto` detects it from the first row.", "auto"
     )
     keys: dict[str, str] = option(f"Rename input fields, e.g. {{prompt: query}}. Valid names: {', '.join(SCHEMA_KEYS)}.", {})

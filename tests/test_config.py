@@ -14,7 +14,10 @@ import yaml
 from data_process.settings import load_process_settings
 from self_model.config import StageSpec, import_class, load_config_file, training_arg_types
 from self_model.errors import ConfigError
+from self_model.distill.train_gkd import STAGE as GKD_STAGE
+from self_model.fine_tuning.train_embedding import STAGE as EMBEDDING_STAGE
 from self_model.fine_tuning.train_finetune import STAGE as SFT_STAGE
+from self_model.fine_tuning.train_seq_cls import STAGE as SEQ_CLS_STAGE
 from self_model.pretrain.train_pretrain import STAGE as PRETRAIN_STAGE
 from self_model.rlhf.train_dpo import STAGE as DPO_STAGE
 from self_model.rlhf.train_dpo import TRAINERS
@@ -25,7 +28,7 @@ from self_model.tracking import ENV_KEYS, load_settings
 from tests.helpers import REPO, SFT_TRAIN, TINY_MODEL_CONFIG, TINY_TOKENIZER, run_script, write_yaml
 
 STAGE_BY_PREFIX = {"finetune": SFT_STAGE, "sft": SFT_STAGE, "pretrain": PRETRAIN_STAGE, "rm": RM_STAGE, "dpo": DPO_STAGE, "grpo": GRPO_STAGE,
-                   "ppo": PPO_STAGE}
+                   "ppo": PPO_STAGE, "gkd": GKD_STAGE, "seq_cls": SEQ_CLS_STAGE, "embedding": EMBEDDING_STAGE}
 SFT_SCRIPT = "self_model/fine_tuning/train_finetune.py"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
 from self_model.config import DataSourceArgs, option
 from self_model.data.built import EVAL, TRAIN, BuiltData
 from self_model.data.sources import BadRow, BadRowLog, Row, fingerprints, load_rows

@@ -1,6 +1,6 @@
-"""The four kinds of data the stages read, one registry: how a row is recognised, converted into its kind's schema,
+"""The kinds of data the stages read, one registry: how a row is recognised, converted into its kind's schema,
 checked, and which of its strings are texts a model reads. Each kind's schema is described in its module
-(`text`, `sft`, `preference`, `rl`); `data_process` writes these schemas and every stage reads them.
+(`text`, `sft`, `preference`, `rl`, `classification`, `embedding`); `data_process` writes these schemas and every stage reads them.
 
 Input field names can be renamed with `keys` (e.g. `{prompt: query}`); the valid names are those of `SCHEMA_KEYS`.
 """
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from self_model.data import preference, rl, sft, text
+from self_model.data import classification, embedding, preference, rl, sft, text
 from self_model.data.conversations import CONVERSATION_KEYS
 from self_model.data.sources import BadRow
 
@@ -26,6 +26,10 @@ class Kind:
 
 
 KINDS = {kind.name: kind for kind in (  # in the order they are recognised: the first that matches wins
+    Kind("embedding", lambda present, row: {"query", "positive"} <= present,
+         embedding.to_record, embedding.map_texts, embedding.check_record),
+    Kind("classification", lambda present, row: {"text", "label"} <= present,
+         classification.to_record, classification.map_texts, classification.check_record),
     Kind("preference", lambda present, row: {"chosen", "rejected"} <= present,
          preference.to_record, preference.map_texts, preference.check_record),
     Kind("rl", lambda present, row: "ground_truth" in present or "reward_model" in row or {"question", "answer"} <= present,
@@ -34,7 +38,8 @@ KINDS = {kind.name: kind for kind in (  # in the order they are recognised: the 
          sft.to_record, sft.map_texts, sft.check_record),
     Kind("pretrain", lambda present, row: "text" in present, text.to_record, text.map_texts, text.check_record),
 )}
-SCHEMA_KEYS = {**CONVERSATION_KEYS, **preference.PREFERENCE_KEYS, **rl.RL_KEYS, "text": "text"}
+SCHEMA_KEYS = {**CONVERSATION_KEYS, **preference.PREFERENCE_KEYS, **rl.RL_KEYS, **classification.CLASSIFICATION_KEYS,
+               **embedding.EMBEDDING_KEYS}
 
 
 def _object(row: Any) -> dict:

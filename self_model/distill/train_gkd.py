@@ -16,7 +16,16 @@ import sys
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from self_model.config import DataSourceArgs, Owned, RunConfig, StageSpec, from_key, locate, option, path_exists_or_hub_id
+from self_model.config import (
+    DataSourceArgs,
+    Owned,
+    RunConfig,
+    StageSpec,
+    from_key,
+    locate,
+    option,
+    path_exists_or_hub_id,
+)
 from self_model.data.conversations import CONVERSATION_KEYS
 from self_model.data.sft import build_sft_data
 from self_model.errors import UserError
