@@ -13,8 +13,8 @@ import yaml
 
 from data_process.settings import load_process_settings
 from self_model.config import StageSpec, import_class, load_config_file, training_arg_types
-from self_model.errors import ConfigError
 from self_model.distill.train_gkd import STAGE as GKD_STAGE
+from self_model.errors import ConfigError
 from self_model.fine_tuning.train_embedding import STAGE as EMBEDDING_STAGE
 from self_model.fine_tuning.train_finetune import STAGE as SFT_STAGE
 from self_model.fine_tuning.train_seq_cls import STAGE as SEQ_CLS_STAGE

@@ -112,7 +112,15 @@ def workload(cfg: RunConfig, args) -> Workload:
 
     tokens = args.per_device_train_batch_size * cfg.data.max_length
     teacher = teacher_config(cfg, args)
-    return Workload(tokens, tokens, teacher_bytes=memory.model_shape(teacher).params * BYTES[teacher.model.dtype])
+    try:
+        params = memory.model_shape(teacher).params
+    except (OSError, ValueError) as err:
+        raise does_not_load(teacher.model_name_or_path, err) from None
+    return Workload(tokens, tokens, teacher_bytes=params * BYTES[teacher.model.dtype])
+
+
+def does_not_load(teacher: str, err: Exception) -> UserError:
+    return UserError(f"gkd.teacher {teacher!r} does not load: {str(err).strip().splitlines()[0][:300]}")
 
 
 STAGE = StageSpec(
@@ -148,7 +156,7 @@ def check_vocabularies(cfg: RunConfig, teacher_cfg: RunConfig, tokenizer) -> int
     try:
         config = AutoConfig.from_pretrained(teacher, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as err:
-        raise UserError(f"gkd.teacher {teacher!r} does not load: {str(err).strip().splitlines()[0][:300]}") from None
+        raise does_not_load(teacher, err) from None
     teacher_tokens = load_tokenizer(teacher_cfg).get_vocab()
     student_tokens = tokenizer.get_vocab()
     if teacher_tokens != student_tokens:

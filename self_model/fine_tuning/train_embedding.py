@@ -68,11 +68,21 @@ STAGE = StageSpec(
 )
 
 
+def is_decoder(model_type: str) -> bool:
+    """A causal LM without a masked-LM head (BERT-like encoders have both)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def build_model(cfg: RunConfig, tokenizer, training_args, workdir: str):
     """A SentenceTransformer: the backbone (random init written to `workdir` first), pooling, normalisation."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     source = cfg.model_name_or_path
     if cfg.model.init_from_config:
@@ -88,8 +98,7 @@ def build_model(cfg: RunConfig, tokenizer, training_args, workdir: str):
         backbone.model.resize_token_embeddings(len(backbone.tokenizer), pad_to_multiple_of=64)
     pooling = cfg.sections["embedding"].pooling
     if pooling == "auto":
-        decoder = any(a.endswith("ForCausalLM") for a in AutoConfig.from_pretrained(source).architectures or [])
-        pooling = "last_token" if decoder else "mean"
+        pooling = "last_token" if is_decoder(backbone.model.config.model_type) else "mean"
     modules = [backbone, Pooling(backbone.get_embedding_dimension(), pooling_mode=pooling.replace("_", "")), Normalize()]
     model = SentenceTransformer(modules=modules)
     if cfg.peft.enabled:
