@@ -9,6 +9,7 @@ import pytest
 
 from self_model.config import load_config_file
 from self_model.data.embedding import EMBEDDING_KEYS, check_record, retrieval_set, to_record
+from self_model.data.schemas import SCHEMA_KEYS, detect_kind
 from self_model.data.sources import BadRow
 from self_model.fine_tuning import train_embedding
 from tests.helpers import TINY, TINY_MODEL_CONFIG, TINY_TOKENIZER, write_jsonl, write_yaml
@@ -25,7 +26,7 @@ def config(tmp_path, **sections) -> dict:
         "embedding": {"recall_at": [1, 5]},
         "trace": "none",
         "training_args": {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 32,
-                          "per_device_eval_batch_size": 100, "learning_rate": 3e-3, "max_steps": 12,
+                          "per_device_eval_batch_size": 100, "learning_rate": 3e-3, "max_steps": 10,
                           "warmup_steps": 2, "save_strategy": "no", "seed": 0, "logging_steps": 4},
     }
     for name, value in sections.items():
@@ -34,6 +35,7 @@ def config(tmp_path, **sections) -> dict:
 
 
 def test_rows_and_the_retrieval_set():
+    assert detect_kind({"query": "q", "positive": "p", "negative": ["n"]}, SCHEMA_KEYS) == "embedding"
     record = to_record({"query": "q", "positive": "p", "negative": "n"}, EMBEDDING_KEYS)
     assert record == {"query": "q", "positive": "p", "negative": ["n"]}
     assert to_record({"query": "q", "positive": "p"}, EMBEDDING_KEYS)["negative"] == []

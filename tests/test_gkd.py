@@ -36,11 +36,11 @@ def make_teacher(folder, vocab_size: int = TINY_VOCAB, tokenizer=None):
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    """The tiny demo model after 24 SFT steps."""
+    """The tiny demo model after 12 SFT steps."""
     from self_model.fine_tuning import train_finetune
 
     folder = tmp_path_factory.mktemp("teacher")
-    sft = tiny_sft_config(folder, data={"eval_file": None}, training_args={"output_dir": str(folder / "out"), "max_steps": 24})
+    sft = tiny_sft_config(folder, data={"eval_file": None}, training_args={"output_dir": str(folder / "out"), "max_steps": 12})
     train_finetune.train(load_config_file(train_finetune.STAGE, write_yaml(folder / "sft.yaml", sft)))
     return folder / "out"
 
@@ -55,7 +55,7 @@ def config(tmp_path, teacher_path, **sections) -> dict:
         "gkd": {"teacher": str(teacher_path) if teacher_path else None, "lmbda": 0.5, "beta": 0.0, "max_new_tokens": 8},
         "trace": "none",
         "training_args": {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 8,
-                          "per_device_eval_batch_size": 32, "learning_rate": 3e-3, "max_steps": 10,
+                          "per_device_eval_batch_size": 32, "learning_rate": 3e-3, "max_steps": 8,
                           "warmup_steps": 2, "save_strategy": "no", "seed": 0, "logging_steps": 5},
     }
     for name, value in sections.items():
@@ -90,8 +90,8 @@ def test_supervised_distillation_needs_no_sampling(tmp_path, teacher, monkeypatc
 
     monkeypatch.setattr(GKDTrainer, "generate_on_policy_outputs", staticmethod(no_sampling))
     trainer = train_gkd.train(load(tmp_path, teacher, eval_before_training=False, gkd={"lmbda": 0.0},
-                                   training_args={"max_steps": 3}))
-    assert trainer.state.global_step == 3
+                                   training_args={"max_steps": 2}))
+    assert trainer.state.global_step == 2
 
 
 def test_a_teacher_with_padding_rows_is_mapped_onto_the_student(tmp_path):

@@ -54,7 +54,7 @@ def test_unknown_kind_of_data_names_the_row(tmp_path):
     source = write_jsonl(tmp_path / "odd.jsonl", [{"title": "x", "body": "y"}])
     result = run_script(SCRIPT, "--input", str(source), "--output_dir", str(tmp_path / "o"), "--processes", "1")
     assert result.returncode == 2 and f"{source}:1: cannot tell the kind of data" in result.stderr
-    assert "set kind (pretrain, sft, preference, rl)" in result.stderr and not (tmp_path / "o").exists()
+    assert "set kind (pretrain, sft, preference, rl, classification, embedding)" in result.stderr and not (tmp_path / "o").exists()
 
 
 def test_shipped_configs_point_at_the_stage_inputs():

@@ -10,6 +10,7 @@ import torch
 
 from self_model.config import load_config_file
 from self_model.data.classification import ClassificationDataArgs, encode_label, label_map
+from self_model.data.schemas import SCHEMA_KEYS, detect_kind
 from self_model.data.sources import BadRow
 from self_model.fine_tuning import train_seq_cls
 from tests.helpers import TINY, TINY_MODEL_CONFIG, TINY_TOKENIZER, write_jsonl, write_yaml
@@ -39,6 +40,7 @@ def load(tmp_path, **sections):
 
 
 def test_labels_as_names_ids_lists_and_numbers():
+    assert detect_kind({"text": "What is 2 + 2?", "label": "math"}, SCHEMA_KEYS) == "classification"
     single = ClassificationDataArgs(labels=["neg", "pos"])
     assert [encode_label(v, ["neg", "pos"], single) for v in ("pos", 0)] == [1, 0]
     multi = ClassificationDataArgs(task="multi_label")
