@@ -55,6 +55,19 @@ def test_labels_as_names_ids_lists_and_numbers():
             encode_label(value, ["neg", "pos"] if args is single else ["a", "b"], args)
 
 
+def test_metrics_of_each_task():
+    from types import SimpleNamespace
+
+    def metrics(task, predictions, labels):
+        return train_seq_cls.compute_metrics(task)(SimpleNamespace(predictions=predictions, label_ids=labels))
+
+    single = metrics("single_label", [[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]], [0, 1, 1])
+    assert single == pytest.approx({"accuracy": 2 / 3, "macro_f1": 2 / 3})
+    multi = metrics("multi_label", [[1.0, -1.0], [1.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]])
+    assert multi == pytest.approx({"accuracy": 0.5, "macro_f1": 0.5})  # label 1: predicted once, never true
+    assert metrics("regression", [[1.0], [3.0]], [0.0, 3.0]) == pytest.approx({"mse": 0.5})
+
+
 def test_balanced_weights_and_the_weighted_loss():
     from types import SimpleNamespace
 
