@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from self_model.config import load_config_file
+from self_model.config import load_config_file, training_arg_types
 from self_model.distill import train_gkd
 from self_model.errors import UserError
 from self_model.modeling import load_tokenizer
@@ -153,3 +153,5 @@ def test_teacher_equal_to_the_student_and_sft_only_keys_are_refused(tmp_path, te
         load(tmp_path, teacher, model_name_or_path=str(teacher), model={"init_from_config": None})
     with pytest.raises(ConfigError, match="training_args.packing.*has no effect"):
         load(tmp_path, teacher, training_args={"packing": True})
+    fields = training_arg_types(train_gkd.STAGE.training_args_class)  # TRL still names every field we set or refuse
+    assert set(train_gkd.STAGE.owned_training_args) | set(train_gkd.SFT_ONLY_FIELDS) <= set(fields)
