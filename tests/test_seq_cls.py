@@ -102,11 +102,18 @@ def test_classifier_learns_held_out_topics_and_saves_the_label_map(tmp_path):
         torch.testing.assert_close(model(**batch).logits, trainer.model.eval()(**batch).logits)
 
 
-def test_lora_classifier_trains_the_head_and_saves_an_adapter(tmp_path):
-    train_seq_cls.train(load(tmp_path, eval_before_training=False, peft={"enabled": True},
-                             data={"eval_file": f"{CLS_EVAL}#16"}, training_args={"max_steps": 2}))
+def test_lora_classifier_trains_the_head_and_saves_an_adapter_and_a_merged_model(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    trainer = train_seq_cls.train(load(tmp_path, eval_before_training=False, peft={"enabled": True},
+                                       data={"eval_file": f"{CLS_EVAL}#16"}, training_args={"max_steps": 2}))
     adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / train_seq_cls.MERGED_DIR).eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, trainer.model.eval()(ids).logits, rtol=1e-4, atol=1e-5)
+    assert merged.config.id2label == dict(enumerate(TOPICS))
 
 
 @pytest.mark.parametrize("row, change, message", [

@@ -16,7 +16,9 @@ from self_model.data.classification import TASKS, ClassificationDataArgs, build_
 from self_model.errors import ConfigError
 from self_model.memory import Workload
 from self_model.modeling import load_model, wrap_peft
-from self_model.stage import fit, open_stage, present_data, save_final, stage_main
+from self_model.stage import fit, open_stage, present_data, save_final, save_merged, say, stage_main
+
+MERGED_DIR = "merged"  # with LoRA: the full classifier (adapter merged), loadable without PEFT
 
 
 @dataclass
@@ -128,6 +130,9 @@ def train(cfg: RunConfig, dry_run: bool = False):
                       compute_loss_func=weighted_loss(cfg.data.task, weights) if weights else None)
     metrics = fit(trainer, run, cfg.eval_before_training)
     save_final(trainer, tokenizer, None, run, cfg, STAGE.name, data, metrics, task=cfg.data.task, class_weights=weights)
+    if cfg.peft.enabled:
+        save_merged(trainer, tokenizer, run.path / MERGED_DIR)
+        say(f"classifier with the adapter merged: {run.path / MERGED_DIR}")
     return trainer
 
 
