@@ -82,16 +82,26 @@ def test_student_kl_to_the_teacher_falls_on_held_out_conversations(tmp_path, tea
     assert trainer.args.lmbda == 0.5 and trainer.args.max_new_tokens == 8
 
 
-def test_supervised_distillation_needs_no_sampling(tmp_path, teacher, monkeypatch):
+def test_supervised_distillation_from_a_lora_sft_teacher_needs_no_sampling(tmp_path, teacher, monkeypatch):
     from trl.experimental.gkd import GKDTrainer
+
+    from self_model.fine_tuning import train_finetune
+
+    lora = tiny_sft_config(tmp_path / "sft", model_name_or_path=str(teacher), model={"init_from_config": None},
+                           peft={"enabled": True}, data={"eval_file": None},
+                           training_args={"output_dir": str(tmp_path / "lora"), "max_steps": 1})
+    train_finetune.train(load_config_file(train_finetune.STAGE, write_yaml(tmp_path / "sft.yaml", lora)))
+    assert (tmp_path / "lora" / "adapter_config.json").is_file()  # an adapter directory, loaded with its base
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("lmbda 0 sampled from the student")
 
     monkeypatch.setattr(GKDTrainer, "generate_on_policy_outputs", staticmethod(no_sampling))
-    trainer = train_gkd.train(load(tmp_path, teacher, eval_before_training=False, gkd={"lmbda": 0.0},
-                                   training_args={"max_steps": 2}))
+    trainer = train_gkd.train(load(tmp_path, tmp_path / "lora", eval_before_training=False, gkd={"lmbda": 0.0},
+                                   data={"eval_file": f"{SFT_EVAL}#8"}, training_args={"max_steps": 2}))
     assert trainer.state.global_step == 2
+    frozen = dict(trainer.teacher_model.named_parameters())
+    assert any("lora_" in name for name in frozen) and not any(p.requires_grad for p in frozen.values())
 
 
 def test_a_teacher_with_padding_rows_is_mapped_onto_the_student(tmp_path):

@@ -12,8 +12,10 @@ both, so this stage builds on it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from self_model.config import (
@@ -46,7 +48,8 @@ class GKDArgs:
     """The teacher and the distillation loss."""
 
     teacher: str | None = option(
-        "The teacher: a local directory (e.g. an SFT stage's output_dir) or hub id, with the student's vocabulary. "
+        "The teacher: a local directory (an SFT stage's output_dir, a LoRA one too) or hub id, with the student's "
+        "vocabulary. "
         "Never trained; loaded in the training precision (bf16/fp16, else float32).", None)
     lmbda: float = option("Share of the steps trained on completions the student samples (on-policy); 0: supervised "
                           "distillation on the data set's completions only.", 0.5)
@@ -113,10 +116,17 @@ def workload(cfg: RunConfig, args) -> Workload:
     tokens = args.per_device_train_batch_size * cfg.data.max_length
     teacher = teacher_config(cfg, args)
     try:
-        params = memory.model_shape(teacher).params
-    except (OSError, ValueError) as err:
+        params = memory.model_shape(dataclasses.replace(teacher, model_name_or_path=base_of(teacher.model_name_or_path))).params
+    except (OSError, ValueError, TypeError, KeyError) as err:
         raise does_not_load(teacher.model_name_or_path, err) from None
     return Workload(tokens, tokens, teacher_bytes=params * BYTES[teacher.model.dtype])
+
+
+def base_of(teacher: str) -> str:
+    """Where the teacher's architecture is described: the base model of a LoRA output (an adapter directory, which
+    transformers loads with its base), else the teacher itself."""
+    adapter = Path(teacher) / "adapter_config.json"
+    return json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else teacher
 
 
 def does_not_load(teacher: str, err: Exception) -> UserError:
@@ -154,8 +164,8 @@ def check_vocabularies(cfg: RunConfig, teacher_cfg: RunConfig, tokenizer) -> int
 
     teacher = teacher_cfg.model_name_or_path
     try:
-        config = AutoConfig.from_pretrained(teacher, trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as err:
+        config = AutoConfig.from_pretrained(base_of(teacher), trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError) as err:
         raise does_not_load(teacher, err) from None
     teacher_tokens = load_tokenizer(teacher_cfg).get_vocab()
     student_tokens = tokenizer.get_vocab()
