@@ -27,7 +27,7 @@ def config(tmp_path, **sections) -> dict:
         "data": {"train_file": str(CLS_TRAIN), "eval_file": str(CLS_EVAL), "max_length": 32},
         "trace": "none",
         "training_args": {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 16,
-                          "per_device_eval_batch_size": 100, "learning_rate": 3e-3, "max_steps": 16,
+                          "per_device_eval_batch_size": 100, "learning_rate": 3e-3, "max_steps": 12,
                           "warmup_steps": 2, "save_strategy": "no", "seed": 0, "logging_steps": 4},
     }
     for name, value in sections.items():
