@@ -9,6 +9,7 @@ that ends its turn: the closing token, the next turn's stop marker, or EOS).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -18,6 +19,7 @@ from self_model.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from self_model.config import RunConfig
 
+logger = logging.getLogger(__name__)
 TEMPLATE_DIR = Path(__file__).resolve().parent
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -248,15 +250,79 @@ def builtin_templates() -> list[str]:
 
 
 def load_renderer(cfg: RunConfig, tokenizer, tokenizer_name: str) -> Renderer:
-    """The template the config names (built-in, file, or the tokenizer's own), checked against the tokenizer."""
+    """The template the config names (built-in, file, `auto`, or the tokenizer's own), checked against the tokenizer."""
     if cfg.template_path:
         template = ChatTemplate.from_file(cfg.template_path)
+    elif cfg.template == "auto":
+        name, reason = detect_family(tokenizer, tokenizer_name, model_config(cfg))
+        logger.info(f"template: auto chose {name!r} ({reason})")
+        template = ChatTemplate.from_file(TEMPLATE_DIR / f"{name}.json")
     elif cfg.template and cfg.template != "tokenizer":
         template = ChatTemplate.from_file(TEMPLATE_DIR / f"{cfg.template}.json")
     else:
         return TokenizerTemplate(tokenizer, tokenizer_name)
     template.check_tokenizer(tokenizer, tokenizer_name)
     return template
+
+
+# `template: auto`: text of each family's official chat_template, most specific first (Qwen2.5's and Llama 3.1's
+# formats contain their predecessors' markers), then tokens of its vocabulary, then the model's `model_type`.
+TEMPLATE_CLUES = (
+    ("qwen2_5", "You are Qwen, created by Alibaba Cloud"),
+    ("llama3_1", "Cutting Knowledge Date"),
+    ("llama3", "<|start_header_id|>"),
+    ("chatglm3", "[gMASK]sop"),
+    ("baichuan2_chat", "<reserved_107>"),
+    ("deepseek_chat", "'Assistant: '"),
+    ("qwen2_chatml", "<|im_start|>"),
+)
+VOCABULARY_CLUES = (
+    ("baichuan2_chat", ("<reserved_106>", "<reserved_107>")),
+    ("chatglm3", ("[gMASK]", "<|assistant|>")),
+    ("llama3", ("<|start_header_id|>", "<|eot_id|>")),
+    ("deepseek_chat", ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>")),
+    ("qwen2_chatml", ("<|im_start|>", "<|im_end|>")),
+)
+MODEL_TYPES = {"chatglm": "chatglm3", "baichuan": "baichuan2_chat"}
+
+
+def model_config(cfg: RunConfig) -> dict:
+    """The model's config.json when it is a local file or directory (no download); {} otherwise."""
+    source = cfg.model.init_from_config or cfg.model_name_or_path
+    path = Path(source) if source else None
+    if path is not None and path.is_dir():
+        path = path / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def detect_family(tokenizer, tokenizer_name: str, config: dict) -> tuple[str, str]:
+    """(built-in template name, why) for `template: auto`, from the tokenizer and the model's config."""
+    jinja = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(jinja, str) and jinja:
+        for name in builtin_templates():
+            if jinja == ChatTemplate.from_file(TEMPLATE_DIR / f"{name}.json").to_jinja():
+                return name, "the tokenizer's chat_template is this template, saved by an earlier stage"
+        for name, clue in TEMPLATE_CLUES:
+            if clue in jinja:
+                return name, f"its chat_template writes {clue!r}"
+    vocabulary = tokenizer.get_vocab()
+    for name, tokens in VOCABULARY_CLUES:
+        if all(token in vocabulary for token in tokens):
+            if name == "llama3" and (config.get("rope_scaling") or {}).get("rope_type") == "llama3":
+                return "llama3_1", f"the tokenizer has {', '.join(tokens)} and the model Llama 3.1's rope_scaling"
+            return name, f"the tokenizer has {', '.join(tokens)}"
+    model_type = config.get("model_type", "")
+    if model_type in MODEL_TYPES:
+        return MODEL_TYPES[model_type], f"model_type {model_type!r}"
+    raise ConfigError(
+        [f"template: auto cannot tell the chat format of {tokenizer_name!r} (no known marker in its chat_template "
+         f"or vocabulary{f', model_type {model_type!r}' if model_type else ''}); name one "
+         f"({', '.join(builtin_templates())}) or `template: tokenizer`"],
+        tokenizer_name,
+    )
 
 
 def use_chat_template(tokenizer, renderer: Renderer) -> None:
