@@ -83,6 +83,7 @@ def test_rlhf_yaml_dry_runs_with_every_script(script, tmp_path, capsys, caplog):
         (GRPO_STAGE, ["ppo.rollout_n=1"], "rl.rollout.n (command line, as ppo.rollout_n): GRPO compares several answers"),
         (PPO_STAGE, ["ppo.rollout_backend=sglang"], "rl.rollout.engine (command line, as ppo.rollout_backend)"),
         (PPO_STAGE, ["ppo.logger=[console,mlflow]"], "trace (command line, as ppo.logger): unknown backend 'mlflow'"),
+        (SFT_STAGE, [], "ppo (command line): unknown key"),  # only the stages that share rlhf.yaml set the others' parts aside
     ],
 )
 def test_alias_mistakes_name_the_key_as_written(stage, extra, message, tmp_path):

@@ -4,8 +4,8 @@ The design documents one `config/self_model_config/rlhf.yaml` read by train_ppo.
 a top-level `reward_model_name_or_path`, a `ppo:` section (`actor_lr`, `rollout_n`, ...) for the RL stages and a
 `dpo:` section (`beta`, `loss_type`, `data.*`, `training_args.*`) for the DPO family; and `peft.qlora: true`. Inside
 the code each concept has one name (the `rl` and `dpo` sections of self_model/rlhf/rl_config.py and train_dpo.py);
-a documented name is an alias of it. Writing both spellings of one setting is an error. A stage reading the shared
-file sets aside the sections of the other stages, and says so.
+a documented name is an alias of it. Writing both spellings of one setting is an error. The stages that share
+rlhf.yaml set aside the parts of the others, and say so; for any other stage those parts are unknown keys.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from self_model.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 RL_STAGES = ("ppo", "grpo")
+SHARING_STAGES = (*RL_STAGES, "dpo")  # the stages that read the one rlhf.yaml
 CONSOLE_LOGGERS = ("console", "file")  # verl's loggers that print or write locally: always on here
 
 
@@ -136,7 +137,8 @@ def apply_aliases(merged: Merged, stage: str) -> Merged:
                                 f"{closest(key, valid)} (valid: {', '.join(valid)})")
     for path, key, alias in _written(resolved):
         if alias.stages is not None and stage not in alias.stages:
-            set_aside.add(path.split(".")[0])
+            if stage in SHARING_STAGES:
+                set_aside.add(path.split(".")[0])
             continue
         if _has(resolved, key):
             problems.append(f"{path}{merged.origin_of(path)}: the same setting as {key}{merged.origin_of(key)}; "
@@ -156,7 +158,8 @@ def apply_aliases(merged: Merged, stage: str) -> Merged:
                 _set(unresolved, implied, implied_value)
     if problems:
         raise ConfigError(problems, merged.source)
-    set_aside |= {section for section, stages in STAGE_SECTIONS.items() if stage not in stages and section in resolved}
+    if stage in SHARING_STAGES:
+        set_aside |= {name for name, stages in STAGE_SECTIONS.items() if stage not in stages and name in resolved}
     for name in sorted(set_aside):
         resolved.pop(name, None)
         unresolved.pop(name, None)

@@ -102,7 +102,7 @@ class ChatTemplate:
 
     def _closed(self, text: str, end: int) -> bool:
         """Whether the text up to `end` ends with a stop string (the reply's end-of-turn marker)."""
-        return any(s and text.startswith(s, end - len(s)) for s in self.stop)
+        return any(s and len(s) <= end and text.startswith(s, end - len(s)) for s in self.stop)
 
     def render(self, messages: list[Message], add_generation_prompt: bool = False) -> tuple[str, list[Span]]:
         """The text and, per assistant turn, the trained span: from the end of the generation prompt (ChatGLM3's
