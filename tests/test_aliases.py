@@ -146,3 +146,10 @@ def test_merged_paths_of_the_tokenizer_tool(tmp_path, monkeypatch, capsys):
                                          "--domain_corpus", REPO / "README.md", "--new_tokens", 20]) == 0
     assert sorted(p.name for p in (tmp_path / "tokenizer").iterdir()) == ["fertility.json", "merged_model", "merged_tokenizer"]
     assert exit_code(main, ["--config", path, "--dry-run"]) == 0, capsys.readouterr().err
+
+
+def test_template_of_another_family_stops_before_training(tmp_path, capsys):
+    main = importlib.import_module("self_model.fine_tuning.train_finetune").main
+    path = write_yaml(tmp_path / "sft.yaml", tiny_sft_config(tmp_path, template="llama3"))
+    assert exit_code(main, ["--config", path, "--dry-run"]) == 2
+    assert "template: 'llama3' writes <|begin_of_text|>, <|start_header_id|>" in capsys.readouterr().err

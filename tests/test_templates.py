@@ -24,6 +24,7 @@ from self_model.data.preference import encode as encode_preference
 from self_model.errors import ConfigError, DataError
 from self_model.modeling import set_distinct_pad_token
 from self_model.template import IGNORE_INDEX, TEMPLATE_DIR, ChatTemplate, TokenizerTemplate, encode_conversation
+from self_model.template.chat import detect_family
 from tests.helpers import shared_path
 
 MINIMIND = Path(__file__).resolve().parents[2] / "shared/tokenizers/minimind"
@@ -607,3 +608,30 @@ def test_pad_on_minimind(minimind):
     tokenizer.pad_token = tokenizer.eos_token
     set_distinct_pad_token(tokenizer)
     assert tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. template: auto
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_auto_detects_each_family_from_its_official_template(name, bpe_json):
+    family = FAMILIES[name]
+    roles = {k: v for k, v in family.items() if k != "special"}
+    jinja = INLINE_JINJA.get(name) or shared_path("reference", "chat_templates", OFFICIAL_FILES[name]).read_text(encoding="utf-8")
+    if name == "baichuan2_chat":
+        jinja = None  # Baichuan2 ships no chat_template: its reserved tokens tell
+    tokenizer = make_tokenizer(bpe_json, family["special"], jinja, **roles)
+    assert detect_family(tokenizer, name, {})[0] == name
+    tokenizer.chat_template = template(name).to_jinja()  # saved by an earlier stage
+    assert detect_family(tokenizer, name, {}) == (name, "the tokenizer's chat_template is this template, saved by an earlier stage")
+
+
+def test_auto_without_chat_template_uses_vocabulary_and_model_type(bpe_json):
+    llama = make_tokenizer(bpe_json, FAMILIES["llama3"]["special"], **{"eos_token": "<|eot_id|>"})
+    assert detect_family(llama, "llama", {})[0] == "llama3"
+    assert detect_family(llama, "llama", {"rope_scaling": {"rope_type": "llama3"}})[0] == "llama3_1"
+    bare = make_tokenizer(bpe_json, ["<|endoftext|>"], eos_token="<|endoftext|>")
+    assert detect_family(bare, "glm", {"model_type": "chatglm"}) == ("chatglm3", "model_type 'chatglm'")
+    with pytest.raises(ConfigError, match="template: auto cannot tell the chat format of 'bare'.*model_type 'gpt2'"):
+        detect_family(bare, "bare", {"model_type": "gpt2"})
