@@ -130,8 +130,8 @@ def apply_aliases(merged: Merged, stage: str) -> Merged:
     problems, set_aside = [], set()
     for section in ALIAS_SECTIONS:
         valid = sorted(a.name.split(".", 1)[1] for a in ALIASES if a.name.startswith(section + "."))
-        written = resolved.get(section)
-        for key in written if isinstance(written, dict) else []:
+        keys = resolved.get(section)
+        for key in keys if isinstance(keys, dict) else []:
             if key not in valid:
                 problems.append(f"{section}.{key}{merged.origin_of(f'{section}.{key}')}: unknown key"
                                 f"{closest(key, valid)} (valid: {', '.join(valid)})")
