@@ -28,7 +28,8 @@ from self_model.tracking import ENV_KEYS, load_settings
 from tests.helpers import REPO, SFT_TRAIN, TINY_MODEL_CONFIG, TINY_TOKENIZER, run_script, write_yaml
 
 STAGE_BY_PREFIX = {"finetune": SFT_STAGE, "sft": SFT_STAGE, "pretrain": PRETRAIN_STAGE, "rm": RM_STAGE, "dpo": DPO_STAGE, "grpo": GRPO_STAGE,
-                   "ppo": PPO_STAGE, "gkd": GKD_STAGE, "seq_cls": SEQ_CLS_STAGE, "embedding": EMBEDDING_STAGE}
+                   "ppo": PPO_STAGE, "gkd": GKD_STAGE, "seq_cls": SEQ_CLS_STAGE, "embedding": EMBEDDING_STAGE,
+                   "rlhf": DPO_STAGE}  # rlhf.yaml: the RL stages read it too (test_aliases.py)
 SFT_SCRIPT = "self_model/fine_tuning/train_finetune.py"
 
 

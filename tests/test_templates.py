@@ -1,9 +1,11 @@
 """Chat templates: our ChatTemplate renders exactly each family's official format, encodes without
-boundary artefacts, and labels exactly the assistant turns; the tokenizer's own template; pad tokens.
+boundary artefacts, and labels exactly the assistant turns with each one's end-of-turn marker; the tokenizer's
+own template; pad tokens.
 
 Every tokenizer is built here, offline: a tiny byte-level BPE trained on a few hundred English and
-Chinese sentences, with each family's special tokens added. The official chat formats are written
-below as Jinja, as the families ship them in their hub tokenizer_config.json.
+Chinese sentences, with each family's special tokens added. The official templates are the Jinja files the
+makers ship, read from ../shared/reference/chat_templates/ (those tests skip without it); Qwen2-Instruct's and
+Baichuan2's format (which ships no Jinja) are written below.
 """
 
 from __future__ import annotations
@@ -16,39 +18,36 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.utils.chat_template_utils import render_jinja_template
 
+from self_model.data.preference import encode as encode_preference
 from self_model.errors import ConfigError, DataError
 from self_model.modeling import set_distinct_pad_token
 from self_model.template import IGNORE_INDEX, TEMPLATE_DIR, ChatTemplate, TokenizerTemplate, encode_conversation
+from self_model.template.chat import detect_family
+from tests.helpers import shared_path
 
 MINIMIND = Path(__file__).resolve().parents[2] / "shared/tokenizers/minimind"
 needs_minimind = pytest.mark.skipif(not (MINIMIND / "tokenizer.json").is_file(), reason=f"no tokenizer at {MINIMIND}")
 
 # --------------------------------------------------------------------------------------------------
-# The official chat formats, as Jinja (string literals keep real newlines, as the hub JSON decodes to).
+# The official chat formats
 
-OFFICIAL_JINJA = {
-    # Qwen/Qwen2-7B-Instruct (same for Qwen1.5-Chat and Qwen2.5 without tools, bar the default system text).
+OFFICIAL_FILES = {
+    "qwen2_5": "qwen2_5_instruct.jinja",
+    "llama3": "llama3_8b_instruct.jinja",
+    "llama3_1": "llama3_1_8b_instruct.jinja",
+    "chatglm3": "chatglm3_6b.jinja",
+    "deepseek_chat": "deepseek_llm_7b_chat.jinja",
+}
+# String literals keep real newlines, as the hub JSON decodes to.
+INLINE_JINJA = {
+    # Qwen/Qwen2-7B-Instruct (and Qwen1.5-Chat).
     "qwen2_chatml": (
         "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
         "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
         "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    ),
-    # meta-llama/Meta-Llama-3-8B-Instruct. It trims each content; ours does not (test contents are trimmed).
-    "llama3_instruct": (
-        "{% set loop_messages = messages %}{% for message in loop_messages %}"
-        "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-        "+ message['content'] | trim + '<|eot_id|>' %}"
-        "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-    ),
-    # THUDM/chatglm3-6b. Its generation prompt is the bare `<|assistant|>` (the model writes "\n " itself);
-    # ours is the whole assistant prefix `<|assistant|>\n `, so a prompt is a prefix of the trained text.
-    "chatglm3": (
-        "{% for message in messages %}{% if loop.first %}[gMASK]sop<|{{ message['role'] }}|>\n"
-        " {{ message['content'] }}{% else %}<|{{ message['role'] }}|>\n"
-        " {{ message['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
     ),
     # baichuan-inc/Baichuan2-7B-Chat ships no chat_template: this is its generation_utils.build_chat_input
     # (system text first, user_token_id=<reserved_106>, assistant_token_id=<reserved_107>) as Jinja.
@@ -58,26 +57,19 @@ OFFICIAL_JINJA = {
         "{% else %}{{ '<reserved_107>' + message['content'] }}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<reserved_107>' }}{% endif %}"
     ),
-    # deepseek-ai/deepseek-llm-7b-chat (DeepSeek-V2-Chat is the same format).
-    "deepseek_chat": (
-        "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
-        "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
-        "{{ 'User: ' + message['content'] + '\n\n' }}{% elif message['role'] == 'assistant' %}"
-        "{{ 'Assistant: ' + message['content'] + eos_token }}{% elif message['role'] == 'system' %}"
-        "{{ message['content'] + '\n\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-    ),
 }
 
+CHATML = {"special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+LLAMA3 = {
+    "special": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+}
 # Each family's special tokens and bos/eos/pad, as in its tokenizer_config.json.
 FAMILIES = {
-    "qwen2_chatml": {
-        "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-    },
-    "llama3_instruct": {
-        "special": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-        "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
-    },
+    "qwen2_chatml": CHATML,
+    "qwen2_5": CHATML,
+    "llama3": LLAMA3,
+    "llama3_1": LLAMA3,
     "chatglm3": {
         "special": ["<unk>", "<s>", "</s>", "[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"],
         "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>",
@@ -92,9 +84,17 @@ FAMILIES = {
     },
 }
 TEMPLATES = sorted(FAMILIES)
-# The token that closes an assistant turn and is trained with it ("" where the format has none).
-TURN_END = {"qwen2_chatml": "<|im_end|>", "llama3_instruct": "<|eot_id|>", "deepseek_chat": "<｜end▁of▁sentence｜>",
-            "chatglm3": "", "baichuan2_chat": ""}
+# What each reply is trained with, as the makers' own fine-tuning does: (the marker after a reply that another turn
+# follows, the marker after the conversation's last reply). ChatGLM3's finetune_hf.py trains the next role token
+# (`<|user|>`) and EOS at the end; Baichuan2's fine-tune.py labels EOS after every reply while the input goes on.
+TURN_END = {
+    "qwen2_chatml": ("<|im_end|>", "<|im_end|>"), "qwen2_5": ("<|im_end|>", "<|im_end|>"),
+    "llama3": ("<|eot_id|>", "<|eot_id|>"), "llama3_1": ("<|eot_id|>", "<|eot_id|>"),
+    "deepseek_chat": ("<｜end▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
+    "chatglm3": ("<|user|>", "</s>"), "baichuan2_chat": ("</s>", "</s>"),
+}
+# The text between the official generation prompt and the reply, which the model writes and so is trained.
+REPLY_LEAD = {"chatglm3": "\n ", "deepseek_chat": " "}
 
 SYSTEM = {"role": "system", "content": "You answer briefly."}
 CONVERSATIONS = {
@@ -117,6 +117,7 @@ CONVERSATIONS = {
         {"role": "user", "content": "And 7?"},
         {"role": "assistant", "content": "Yes, 7 is prime."},
     ],
+    "spaces": [{"role": "user", "content": " What is 2 + 2? "}, {"role": "assistant", "content": " 4\n"}],
     "chinese": [
         {"role": "system", "content": "你是一个乐于助人的助手。"},
         {"role": "user", "content": "计算 12 加 7。"},
@@ -177,11 +178,12 @@ def make_tokenizer(bpe_json: str, special: list[str], chat_template: str | None 
 
 @pytest.fixture(scope="session")
 def family_tokenizers(bpe_json) -> dict[str, PreTrainedTokenizerFast]:
-    """Per template name: a tokenizer with that family's special tokens and its official chat_template."""
+    """Per template name: a tokenizer with that family's special tokens, bos/eos/pad, and our template as its
+    chat_template (as open_stage sets it for TRL's trainers)."""
     out = {}
     for name, family in FAMILIES.items():
         roles = {k: v for k, v in family.items() if k != "special"}
-        out[name] = make_tokenizer(bpe_json, family["special"], OFFICIAL_JINJA[name], **roles)
+        out[name] = make_tokenizer(bpe_json, family["special"], template(name).to_jinja(), **roles)
     return out
 
 
@@ -196,47 +198,56 @@ def minimind():
 def minimind_qwen2(minimind):
     """The minimind tokenizer with the official Qwen2-Instruct chat_template instead of its own."""
     tokenizer = copy.deepcopy(minimind)
-    tokenizer.chat_template = OFFICIAL_JINJA["qwen2_chatml"]
+    tokenizer.chat_template = INLINE_JINJA["qwen2_chatml"]
     return tokenizer
 
 
-def official(tokenizer, messages, add_generation_prompt=False) -> str:
+def apply(tokenizer, messages, add_generation_prompt=False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+def official(name: str, messages, add_generation_prompt=False) -> str:
+    """The family's official template rendered by transformers, with the bos/eos its tokenizer sets."""
+    if name in INLINE_JINJA:
+        jinja = INLINE_JINJA[name]
+    else:
+        jinja = shared_path("reference", "chat_templates", OFFICIAL_FILES[name]).read_text(encoding="utf-8")
+    family = FAMILIES[name]
+    rendered, _ = render_jinja_template([messages], chat_template=jinja, add_generation_prompt=add_generation_prompt,
+                                        bos_token=family.get("bos_token", ""), eos_token=family["eos_token"])
+    return rendered[0]
+
+
+def with_final_eos(name: str, messages, text: str) -> str:
+    """The training text of an append_eos family: EOS after a final reply (the official formats have none)."""
+    ends_with_reply = messages[-1]["role"] == "assistant"
+    return text + FAMILIES[name]["eos_token"] if template(name).append_eos and ends_with_reply else text
+
+
 def labelled_runs(tokenizer, encoded) -> list[str]:
-    """Decoded text of each maximal run of consecutive labelled tokens."""
+    """Decoded labels of each maximal run of consecutive labelled tokens."""
     runs, current = [], []
-    for token, label in zip(encoded.input_ids, encoded.labels):
-        assert label in (token, IGNORE_INDEX)
+    for label in encoded.labels:
         if label == IGNORE_INDEX:
             if current:
                 runs.append(current)
             current = []
         else:
-            current.append(token)
+            current.append(label)
     if current:
         runs.append(current)
     return [tokenizer.decode(run, skip_special_tokens=False) for run in runs]
 
 
-def expected_runs(name: str, renderer, messages, tokenizer, last_only=False) -> list[str]:
-    """Each trained assistant turn: its content and the token that ends the turn (EOS after the last one
-    for formats without such a token)."""
-    turns = [m["content"] for m in messages if m["role"] == "assistant"]
-    runs = [content + TURN_END[name] for content in turns]
-    if getattr(renderer, "append_eos", False):
-        runs[-1] += tokenizer.eos_token
+def expected_runs(name: str, messages, last_only=False) -> list[str]:
+    """Each trained reply (trimmed where the official template trims) with what precedes and ends it."""
+    trim = name.startswith("llama3")
+    replies = [m["content"].strip() if trim else m["content"] for m in messages if m["role"] == "assistant"]
+    between, final = TURN_END[name]
+    ends_with_reply = messages[-1]["role"] == "assistant"
+    runs = [REPLY_LEAD.get(name, "") + reply + (final if i == len(replies) - 1 and ends_with_reply else between)
+            for i, reply in enumerate(replies)]
     return runs[-1:] if last_only else runs
-
-
-def assert_runs(name: str, renderer, got: list[str], want: list[str]) -> None:
-    # A byte-level BPE folds the space that ends a prefix ("Assistant: ", "<|assistant|>\n ") into the
-    # first content token: that one space is trained with the content, nothing else of the prefix is.
-    prefix = getattr(renderer, "assistant_prefix", "")
-    assert len(got) == len(want), (got, want)
-    for g, w in zip(got, want):
-        assert g == w or (prefix.endswith(" ") and g == " " + w), (g, w)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,41 +256,56 @@ def assert_runs(name: str, renderer, got: list[str], want: list[str]) -> None:
 
 @pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
 @pytest.mark.parametrize("name", TEMPLATES)
-def test_render_matches_official_format(name, conversation, family_tokenizers):
+def test_render_matches_official_format(name, conversation):
     messages = CONVERSATIONS[conversation]
     text, spans = template(name).render(messages)
-    assert text == official(family_tokenizers[name], messages)
+    assert text == official(name, messages)
     assert len(spans) == sum(m["role"] == "assistant" for m in messages)
 
 
 @pytest.mark.parametrize("prompt", sorted(PROMPTS))
 @pytest.mark.parametrize("name", TEMPLATES)
-def test_generation_prompt_matches_official_format(name, prompt, family_tokenizers):
+def test_generation_prompt_matches_official_format(name, prompt):
     messages = PROMPTS[prompt]
-    text, _ = template(name).render(messages, add_generation_prompt=True)
-    want = official(family_tokenizers[name], messages, add_generation_prompt=True)
-    if name == "chatglm3":
-        # Official: bare `<|assistant|>`; ours: the full assistant prefix, which the model was trained after.
-        want += "\n "
-    assert text == want
-    # Without the generation prompt the conversation renders as officially too.
-    assert template(name).render(messages)[0] == official(family_tokenizers[name], messages)
+    assert template(name).render(messages, add_generation_prompt=True)[0] == official(name, messages, True)
+    assert template(name).render(messages)[0] == official(name, messages)
+
+
+def test_qwen_families_differ_only_in_default_system():
+    """Qwen2.5's default system names Qwen; Qwen2's does not; with a system message they are the same."""
+    user_only = CONVERSATIONS["single"]
+    assert "You are Qwen, created by Alibaba Cloud." in template("qwen2_5").render(user_only)[0]
+    assert "<|im_start|>system\nYou are a helpful assistant.<|im_end|>" in template("qwen2_chatml").render(user_only)[0]
+    with_system = CONVERSATIONS["single_system"]
+    assert template("qwen2_5").render(with_system) == template("qwen2_chatml").render(with_system)
+
+
+def test_llama3_1_date_string_is_configurable():
+    t = ChatTemplate(**{**template("llama3_1").__dict__, "date_string": "02 Dec 2026"})
+    text, _ = t.render(CONVERSATIONS["single"])
+    assert "Cutting Knowledge Date: December 2023\nToday Date: 02 Dec 2026\n\n<|eot_id|>" in text
+    # the export keeps date_string a variable, as the official template does
+    rendered, _ = render_jinja_template([CONVERSATIONS["single"]], chat_template=t.to_jinja(), date_string="01 Jan 2025",
+                                        bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+    assert "Today Date: 01 Jan 2025" in rendered[0]
+    assert official("llama3_1", CONVERSATIONS["single"]) == template("llama3_1").render(CONVERSATIONS["single"])[0]
 
 
 def test_chatglm3_generation_prompt_is_prefix_of_trained_turn():
     t = template("chatglm3")
     prompt, _ = t.render(PROMPTS["user"], add_generation_prompt=True)
-    full, _ = t.render([*PROMPTS["user"], {"role": "assistant", "content": "4"}])
-    assert full.startswith(prompt) and full == prompt + "4"
+    full, spans = t.render([*PROMPTS["user"], {"role": "assistant", "content": "4"}])
+    assert prompt.endswith("<|assistant|>") and full == prompt + "\n 4"
+    assert spans == [(len(prompt), len(full))]  # the "\n " the model writes after <|assistant|> is trained
 
 
 @needs_minimind
 @pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
 def test_qwen2_render_matches_official_on_minimind(conversation, minimind_qwen2):
     messages = CONVERSATIONS[conversation]
-    assert template("qwen2_chatml").render(messages)[0] == official(minimind_qwen2, messages)
+    assert template("qwen2_chatml").render(messages)[0] == apply(minimind_qwen2, messages)
     prompt = messages[:-1]
-    assert template("qwen2_chatml").render(prompt, add_generation_prompt=True)[0] == official(
+    assert template("qwen2_chatml").render(prompt, add_generation_prompt=True)[0] == apply(
         minimind_qwen2, prompt, add_generation_prompt=True
     )
 
@@ -289,8 +315,8 @@ def test_qwen2_render_matches_official_on_minimind(conversation, minimind_qwen2)
 def test_tokenizer_template_renders_its_chat_template(conversation, minimind):
     renderer = TokenizerTemplate(minimind, "minimind")
     messages = CONVERSATIONS[conversation]
-    assert renderer.render(messages)[0] == official(minimind, messages)
-    assert renderer.render(messages[:-1], add_generation_prompt=True)[0] == official(
+    assert renderer.render(messages)[0] == apply(minimind, messages)
+    assert renderer.render(messages[:-1], add_generation_prompt=True)[0] == apply(
         minimind, messages[:-1], add_generation_prompt=True
     )
     assert renderer.stop_words(minimind) == ["<|im_end|>"]
@@ -305,10 +331,9 @@ def test_tokenizer_template_renders_its_chat_template(conversation, minimind):
 def test_input_ids_are_the_rendered_text_tokenized(name, conversation, family_tokenizers):
     tokenizer, t, messages = family_tokenizers[name], template(name), CONVERSATIONS[conversation]
     encoded = encode_conversation(messages, tokenizer, t, "all_assistant", max_length=4096)
-    rendered = official(tokenizer, messages)
-    eos = [tokenizer.eos_token_id] if t.append_eos else []
-    assert encoded.input_ids == tokenizer(rendered, add_special_tokens=False).input_ids + eos
-    assert encoded.text == rendered + (tokenizer.eos_token if t.append_eos else "")
+    rendered = with_final_eos(name, messages, t.render(messages)[0])
+    assert encoded.input_ids == tokenizer(rendered, add_special_tokens=False).input_ids
+    assert encoded.text == rendered == apply(tokenizer, messages)  # the exported Jinja renders the training text
     assert not encoded.truncated
     # Every special marker of the format is one token (no marker split across tokens).
     for marker in FAMILIES[name]["special"]:
@@ -332,9 +357,14 @@ def test_input_ids_on_minimind(conversation, minimind):
 @pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_labels_all_assistant(name, conversation, family_tokenizers):
+    """Each reply is trained through its end-of-turn marker; no prompt token is (every label outside the replies'
+    runs is -100; Baichuan2's EOS label sits on the next turn's first token, which the input keeps)."""
     tokenizer, t, messages = family_tokenizers[name], template(name), CONVERSATIONS[conversation]
     encoded = encode_conversation(messages, tokenizer, t, "all_assistant", max_length=4096)
-    assert_runs(name, t, labelled_runs(tokenizer, encoded), expected_runs(name, t, messages, tokenizer))
+    assert labelled_runs(tokenizer, encoded) == expected_runs(name, messages)
+    relabelled = [i for i, (token, label) in enumerate(zip(encoded.input_ids, encoded.labels)) if label not in (token, IGNORE_INDEX)]
+    assert all(encoded.labels[i] == tokenizer.eos_token_id for i in relabelled)
+    assert bool(relabelled) == (name == "baichuan2_chat" and sum(m["role"] == "assistant" for m in messages) > 1)
 
 
 @pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
@@ -342,8 +372,19 @@ def test_labels_all_assistant(name, conversation, family_tokenizers):
 def test_labels_last_assistant(name, conversation, family_tokenizers):
     tokenizer, t, messages = family_tokenizers[name], template(name), CONVERSATIONS[conversation]
     encoded = encode_conversation(messages, tokenizer, t, "last_assistant", max_length=4096)
-    want = expected_runs(name, t, messages, tokenizer, last_only=True)
-    assert_runs(name, t, labelled_runs(tokenizer, encoded), want)
+    assert labelled_runs(tokenizer, encoded) == expected_runs(name, messages, last_only=True)
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_preference_answers_end_with_the_end_of_turn_marker(name, family_tokenizers):
+    """RM and the DPO family: TRL renders prompt and prompt + answer with the tokenizer's chat_template (ours); the
+    answer's tokens are the reply with its final end-of-turn marker, the prompt's carry nothing of it."""
+    tokenizer, messages = family_tokenizers[name], CONVERSATIONS["multi_system"]
+    prompt_ids, answer_ids = encode_preference(tokenizer, messages[:-1], messages[-1:])
+    answer = tokenizer.decode(answer_ids, skip_special_tokens=False)
+    want = expected_runs(name, messages, last_only=True)[0]
+    assert answer.startswith(want) and not answer[len(want):].strip()
+    assert tokenizer.decode(prompt_ids, skip_special_tokens=False) == apply(tokenizer, messages[:-1], True)
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
@@ -383,12 +424,12 @@ def test_truncation_cuts_both_lists(name, family_tokenizers):
 
 @pytest.mark.parametrize("name", ["chatglm3", "baichuan2_chat"])
 def test_append_eos_with_trailing_user_turn(name, family_tokenizers):
-    # The data loader only passes conversations ending with an assistant turn; encode_conversation itself
-    # should still never train a role token.
+    # The data loader only passes conversations ending with an assistant turn; a reply another turn follows is
+    # still closed by the family's marker, and no role token of the user's turn is trained as itself.
     tokenizer, t = family_tokenizers[name], template(name)
     messages = CONVERSATIONS["multi"][:3]
     encoded = encode_conversation(messages, tokenizer, t, "all_assistant", max_length=4096)
-    assert labelled_runs(tokenizer, encoded) == [messages[1]["content"]]
+    assert labelled_runs(tokenizer, encoded) == expected_runs(name, messages)
 
 
 @needs_minimind
@@ -438,14 +479,12 @@ def test_tokenizer_template_refuses_reasoning_it_cannot_span(minimind):
 
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_to_jinja_matches_render(name, family_tokenizers):
-    t = template(name)
-    tokenizer = copy.deepcopy(family_tokenizers[name])
-    tokenizer.chat_template = t.to_jinja()
+    t, tokenizer = template(name), family_tokenizers[name]
     for messages in CONVERSATIONS.values():
-        assert official(tokenizer, messages) == t.render(messages)[0]
+        assert apply(tokenizer, messages) == with_final_eos(name, messages, t.render(messages)[0])
     for messages in PROMPTS.values():
         for add in (False, True):
-            assert official(tokenizer, messages, add_generation_prompt=add) == t.render(messages, add)[0]
+            assert apply(tokenizer, messages, add_generation_prompt=add) == t.render(messages, add)[0]
 
 
 def test_to_jinja_escapes_quotes_and_backslashes(family_tokenizers):
@@ -454,7 +493,7 @@ def test_to_jinja_escapes_quotes_and_backslashes(family_tokenizers):
     tokenizer = copy.deepcopy(family_tokenizers["qwen2_chatml"])
     tokenizer.chat_template = t.to_jinja()
     for messages in (*CONVERSATIONS.values(), *PROMPTS.values()):
-        assert official(tokenizer, messages, add_generation_prompt=True) == t.render(messages, True)[0]
+        assert apply(tokenizer, messages, add_generation_prompt=True) == t.render(messages, True)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,7 +508,7 @@ def test_check_tokenizer_accepts_own_family(name, family_tokenizers):
 def test_check_tokenizer_names_missing_markers(family_tokenizers):
     chatml = family_tokenizers["qwen2_chatml"]
     with pytest.raises(ConfigError) as err:
-        template("llama3_instruct").check_tokenizer(chatml, "chatml-only")
+        template("llama3").check_tokenizer(chatml, "chatml-only")
     for marker in ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"):
         assert marker in str(err.value)
     assert "chatml-only" in str(err.value) and "<|im_end|>" not in str(err.value)
@@ -517,8 +556,7 @@ def test_stop_words(name, family_tokenizers):
     t, tokenizer = template(name), family_tokenizers[name]
     words = t.stop_words(tokenizer)
     assert (tokenizer.eos_token in words) == (t.append_eos or tokenizer.eos_token in t.stop)
-    if TURN_END[name]:
-        assert TURN_END[name] in words
+    assert set(TURN_END[name]) <= set(words)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -545,7 +583,7 @@ def test_pad_prefers_existing_unused_token(bpe_json, family_tokenizers):
     set_distinct_pad_token(tokenizer)
     assert tokenizer.pad_token == "<unk>"
     # Llama 3 style: no unk, reserved special tokens.
-    tokenizer = make_tokenizer(bpe_json, [*FAMILIES["llama3_instruct"]["special"], "<|reserved_special_token_0|>"],
+    tokenizer = make_tokenizer(bpe_json, [*FAMILIES["llama3"]["special"], "<|reserved_special_token_0|>"],
                                bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
     n = len(tokenizer)
     set_distinct_pad_token(tokenizer)
@@ -570,3 +608,30 @@ def test_pad_on_minimind(minimind):
     tokenizer.pad_token = tokenizer.eos_token
     set_distinct_pad_token(tokenizer)
     assert tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. template: auto
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_auto_detects_each_family_from_its_official_template(name, bpe_json):
+    family = FAMILIES[name]
+    roles = {k: v for k, v in family.items() if k != "special"}
+    jinja = INLINE_JINJA.get(name) or shared_path("reference", "chat_templates", OFFICIAL_FILES[name]).read_text(encoding="utf-8")
+    if name == "baichuan2_chat":
+        jinja = None  # Baichuan2 ships no chat_template: its reserved tokens tell
+    tokenizer = make_tokenizer(bpe_json, family["special"], jinja, **roles)
+    assert detect_family(tokenizer, name, {})[0] == name
+    tokenizer.chat_template = template(name).to_jinja()  # saved by an earlier stage
+    assert detect_family(tokenizer, name, {}) == (name, "the tokenizer's chat_template is this template, saved by an earlier stage")
+
+
+def test_auto_without_chat_template_uses_vocabulary_and_model_type(bpe_json):
+    llama = make_tokenizer(bpe_json, FAMILIES["llama3"]["special"], **{"eos_token": "<|eot_id|>"})
+    assert detect_family(llama, "llama", {})[0] == "llama3"
+    assert detect_family(llama, "llama", {"rope_scaling": {"rope_type": "llama3"}})[0] == "llama3_1"
+    bare = make_tokenizer(bpe_json, ["<|endoftext|>"], eos_token="<|endoftext|>")
+    assert detect_family(bare, "glm", {"model_type": "chatglm"}) == ("chatglm3", "model_type 'chatglm'")
+    with pytest.raises(ConfigError, match="template: auto cannot tell the chat format of 'bare'.*model_type 'gpt2'"):
+        detect_family(bare, "bare", {"model_type": "gpt2"})

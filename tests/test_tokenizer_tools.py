@@ -265,12 +265,13 @@ def test_mean_init_sets_new_rows_to_the_mean_of_old_rows(tmp_path):
 
 def test_extend_vocab_cli_tokenizer_only_overwrites(tmp_path):
     out = tmp_path / "out"
-    (out / "old_run").mkdir(parents=True)
+    (out / "merged_model").mkdir(parents=True)  # from an earlier run with --base_model: replaced, not left stale
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
     args = ["--base_tokenizer", TINY_TOKENIZER, "--domain_corpus", REPO / "README.md", "--vocab_size", 1900]
     result = run_script("tokenizer/extend_vocab.py", *map(str, args), "--output_dir", str(out), "--overwrite")
     assert result.returncode == 0, result.stderr
     assert "domain held-out" in result.stdout and "base tok/char" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["fertility.json", "merged_tokenizer"]
+    assert sorted(p.name for p in out.iterdir()) == ["fertility.json", "merged_tokenizer", "notes.txt"]
     assert len(AutoTokenizer.from_pretrained(out / "merged_tokenizer")) == 1900
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
@@ -283,7 +284,7 @@ def test_extend_vocab_cli_tokenizer_only_overwrites(tmp_path):
         ("empty_corpus", "--domain_corpus: empty corpus"),
         ("one_document", "--domain_corpus has 1 document(s): too few to hold out"),
         ("model_vocab_mismatch", "has 1000 embedding rows but --base_tokenizer"),
-        ("output_not_empty", "is not empty; pass --overwrite"),
+        ("output_exists", "already holds merged_tokenizer; pass --overwrite"),
     ],
 )
 def test_extend_vocab_bad_input(tmp_path, capsys, case, message):
@@ -298,9 +299,9 @@ def test_extend_vocab_bad_input(tmp_path, capsys, case, message):
         args["--domain_corpus"].write_text("\n \n" if case == "empty_corpus" else "one line\n", encoding="utf-8")
     elif case == "model_vocab_mismatch":
         args["--base_model"] = tiny_model(tmp_path / "model", 1000, True)
-    elif case == "output_not_empty":
-        (tmp_path / "out").mkdir()
-        (tmp_path / "out" / "mine.txt").write_text("keep me", encoding="utf-8")
+    elif case == "output_exists":
+        (tmp_path / "out" / "merged_tokenizer").mkdir(parents=True)
+        (tmp_path / "out" / "merged_tokenizer" / "mine.txt").write_text("keep me", encoding="utf-8")
     files_before = sorted(tmp_path.rglob("*"))
     flags = [str(part) for flag, value in args.items() if value is not None for part in (flag, value)]
     assert run_main(extend_vocab, *flags, "--output_dir", tmp_path / "out") == 2

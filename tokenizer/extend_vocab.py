@@ -1,12 +1,14 @@
 """Extend a BPE tokenizer with tokens learned on domain text, and resize a model's embeddings to match.
 
     uv run python tokenizer/extend_vocab.py --base_tokenizer path/to/base --base_model path/to/base \\
-        --domain_corpus domain.jsonl --general_corpus general.txt --new_tokens 2000 --output_dir checkpoints/extended
+        --domain_corpus domain.jsonl --general_corpus general.txt --new_tokens 2000
 
 Writes `<output_dir>/merged_tokenizer`, `<output_dir>/merged_model` (with `--base_model`; the tokenizer is saved
 there too, so the next stage can use it as `model_name_or_path`) and `<output_dir>/fertility.json`: tokens per
-character on held-out domain text (and `--general_corpus`), base vs merged. Nothing appears in `output_dir` until
-everything is written.
+character on held-out domain text (and `--general_corpus`), base vs merged. `output_dir` defaults to `tokenizer`,
+so a stage config names `model_name_or_path: tokenizer/merged_model` and `tokenizer_name_or_path:
+tokenizer/merged_tokenizer`. Nothing of them appears until everything is written; other files in `output_dir` are
+left alone, and outputs of an earlier run are replaced only with `--overwrite`.
 
 New tokens are BPE merges appended after the base's merges, not `tokenizer.add_tokens`: added tokens are matched
 in the raw text before pre-tokenization, so they cut words anywhere and change how the text around them splits.
@@ -49,15 +51,21 @@ def parse_args(argv):
     size.add_argument("--vocab_size", type=int, help="size of the merged tokenizer (len), larger than the base's")
     parser.add_argument("--held_out", type=float, default=0.1, help="share of domain documents kept for the report")
     parser.add_argument("--init", choices=["mean_of_pieces", "mean"], default="mean_of_pieces", help="new rows' start")
-    parser.add_argument("--output_dir", required=True, type=Path, help="where merged_tokenizer/ and merged_model/ go")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    parser.add_argument("--output_dir", type=Path, default=Path("tokenizer"),
+                        help="where merged_tokenizer/, merged_model/ and fertility.json go (default: tokenizer)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
     return parser.parse_args(argv)
 
 
+OUTPUTS = ("merged_tokenizer", "merged_model", "fertility.json")
+
+
 def check_output_dir(output_dir, overwrite):
-    """Refuse a non-empty output directory unless `overwrite`."""
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise UserError(f"--output_dir {output_dir} is not empty; pass --overwrite to replace it, or choose another")
+    """Refuse to replace an earlier run's outputs unless `overwrite`."""
+    found = [name for name in OUTPUTS if (output_dir / name).exists()]
+    if found and not overwrite:
+        raise UserError(f"--output_dir {output_dir} already holds {', '.join(found)}; pass --overwrite to replace "
+                        "them, or choose another --output_dir")
 
 
 def load_base_tokenizer(path):
@@ -240,16 +248,23 @@ def format_report(report):
 
 @contextmanager
 def staged_output(output_dir):
-    """A directory beside `output_dir` that replaces it only when the block succeeds."""
+    """A directory beside `output_dir` whose outputs replace the earlier ones in `output_dir` (all of them, so none
+    is left from another run) only when the block succeeds."""
     output_dir = output_dir.resolve()  # so that "." has a name and a parent
     staging = output_dir.with_name(f".{output_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
     staging.mkdir(parents=True)
     try:
         yield staging
-        if output_dir.exists():  # empty, or --overwrite (checked before any work)
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for name in OUTPUTS:  # earlier ones exist only with --overwrite (checked before any work)
+            old = output_dir / name
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+            if (staging / name).exists():
+                (staging / name).rename(old)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -129,11 +129,14 @@ def redact(node: Any, unresolved: Any = None) -> Any:
 
 
 def path_exists_or_hub_id(value: str) -> bool:
-    """Whether `value` is an existing local path or could be a hub id (`org/name`, `name`)."""
+    """Whether `value` is an existing local path or could be a hub id (`org/name`, `name`); `dir/name` under a local
+    directory (`tokenizer/merged_model`, `checkpoints/sft`) is a local path."""
     if Path(value).exists():
         return True
     looks_local = value.startswith((".", "/", "~")) or value.endswith(LOCAL_SUFFIXES)
-    return not looks_local and value.count("/") <= 1
+    parent = value.split("/", 1)[0] if "/" in value else ""
+    under_local_dir = bool(parent) and (Path(parent).is_dir() or (REPO_ROOT / parent).is_dir())
+    return not looks_local and not under_local_dir and value.count("/") <= 1
 
 
 def locate(value: str | None) -> str | None:

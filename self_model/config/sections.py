@@ -76,7 +76,8 @@ class RunConfig:
     model_name_or_path: str | None = option("Local directory or hub id of the starting model.", None)
     tokenizer_name_or_path: str | None = option("Tokenizer; defaults to model_name_or_path.", None)
     template: str | None = option(
-        "Built-in chat template name (see self_model/template/) or `tokenizer` for the tokenizer's own.", None
+        "Built-in chat template name (see self_model/template/), `tokenizer` for the tokenizer's own, or `auto`: the "
+        "built-in family the tokenizer and model config show (printed).", None
     )
     template_path: str | None = option("A chat template JSON file (alternative to `template`).", None)
     trace: str | list[str] = option("Tracking backend(s): none, tensorboard, wandb, swanlab.", "none")

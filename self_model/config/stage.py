@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from self_model.config.aliases import apply_aliases
 from self_model.config.files import locate, merge_layers, path_exists_or_hub_id, redact
 from self_model.config.schema import OriginOf, build, check_fields, closest, field_types
 from self_model.config.sections import INTERNAL_FIELDS, TRACE_BACKENDS, RunConfig
@@ -118,14 +119,15 @@ def validate(cfg: RunConfig, stage: StageSpec, origin_of: OriginOf, check_files:
     for key in ("model_name_or_path", "tokenizer_name_or_path"):
         value = getattr(cfg, key)
         if check_files and value and not path_exists_or_hub_id(value):
-            bad(key, f"{value!r} is neither an existing path nor a hub id")
+            made_by = " (tokenizer/extend_vocab.py writes it: run that first)" if "merged_" in value else ""
+            bad(key, f"{value!r} is neither an existing path nor a hub id{made_by}")
     if not cfg.tokenizer_name_or_path and not cfg.model_name_or_path:
         bad("tokenizer_name_or_path", "missing: a tokenizer is needed when training from model.init_from_config")
 
     if cfg.template and cfg.template_path:
         bad("template_path", "set either template or template_path, not both")
-    if cfg.template and cfg.template != "tokenizer" and cfg.template not in builtin_templates():
-        names = [*builtin_templates(), "tokenizer"]
+    if cfg.template and cfg.template not in ("tokenizer", "auto") and cfg.template not in builtin_templates():
+        names = [*builtin_templates(), "tokenizer", "auto"]
         bad("template", f"unknown template {cfg.template!r}{closest(cfg.template, names)} (valid: {', '.join(names)})")
     if check_files and cfg.template_path and not Path(cfg.template_path).is_file():
         bad("template_path", f"file not found: {cfg.template_path}")
@@ -163,6 +165,10 @@ def validate(cfg: RunConfig, stage: StageSpec, origin_of: OriginOf, check_files:
         bad("peft.method", "qlora quantizes the weights loaded from model_name_or_path, and model.init_from_config "
             "builds random ones instead: use lora, or save the model and load it through model_name_or_path")
 
+    deepspeed = cfg.training_args.get("deepspeed")
+    if check_files and isinstance(deepspeed, str) and not Path(deepspeed).is_file():
+        bad("training_args.deepspeed", f"file not found: {deepspeed} (a DeepSpeed JSON such as "
+            "config/self_model_config/deepspeed/ds_config.json)")
     for key, owned in stage.owned.items():
         if key in cfg.training_args:
             bad(f"training_args.{key}", f"set by this project: use `{owned.key}` instead")
@@ -177,6 +183,8 @@ def _locate_paths(cfg: RunConfig) -> None:
     for key in ("model_name_or_path", "tokenizer_name_or_path", "template_path"):
         setattr(cfg, key, locate(getattr(cfg, key)))
     cfg.model.init_from_config = locate(cfg.model.init_from_config)
+    if isinstance(cfg.training_args.get("deepspeed"), str):
+        cfg.training_args["deepspeed"] = locate(cfg.training_args["deepspeed"])
     for key in ("train_file", "eval_file"):
         value = getattr(cfg.data, key)
         setattr(cfg.data, key, [locate(v) for v in value] if isinstance(value, list) else locate(value))
@@ -192,6 +200,7 @@ def build_arg_parser(stage: StageSpec) -> argparse.ArgumentParser:
     parser.add_argument("--trace", action="append", help="tracking backend (repeatable); overrides `trace`")
     parser.add_argument("--resume", action="store_true", help="resume from output_dir's last checkpoint (resume=PATH for another)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    parser.add_argument("--deepspeed", metavar="FILE", help="DeepSpeed config JSON; sets training_args.deepspeed")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     return parser
@@ -207,6 +216,8 @@ def load_config(stage: StageSpec, argv: list[str] | None = None) -> tuple[RunCon
         overrides.append("resume=true")
     if args.overwrite:
         overrides.append("overwrite=true")
+    if args.deepspeed:
+        overrides.append(f"training_args.deepspeed={args.deepspeed}")
     return load_config_file(stage, args.config, overrides), args
 
 
@@ -214,7 +225,7 @@ def load_config_file(
     stage: StageSpec, path: str | os.PathLike, overrides: list[str] = (), check_files: bool = True
 ) -> RunConfig:
     """Merge the file chain and overrides, check the schema and cross-field rules (and that named files exist)."""
-    merged = merge_layers(path, overrides)
+    merged = apply_aliases(merge_layers(path, overrides), stage.name)
     resolved, origin_of = merged.resolved, merged.origin_of
     problems: list[str] = []
     shared_types = {k: v for k, v in field_types(RunConfig).items() if k not in INTERNAL_FIELDS}
