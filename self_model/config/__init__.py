@@ -16,7 +16,9 @@ from self_model.config.files import (
     locate,
     merge_layers,
     path_exists_or_hub_id,
+    is_secret_key,
     redact,
+    redact_command,
 )
 from self_model.config.schema import check_dataclass, closest, option
 from self_model.config.sections import PEFT_METHODS, TRACE_BACKENDS, DataSourceArgs, ModelArgs, PeftArgs, RunConfig
@@ -27,5 +29,5 @@ __all__ = [
     "COMMAND_LINE", "PEFT_METHODS", "REPO_ROOT", "SECRET_KEY_PATTERN", "TRACE_BACKENDS", "DataSourceArgs", "Merged",
     "ModelArgs", "Owned", "PeftArgs", "RunConfig", "StageSpec", "check_dataclass", "closest", "from_key",
     "import_class", "load_config", "load_config_file", "locate", "merge_layers", "option", "path_exists_or_hub_id",
-    "redact", "replace_model", "training_arg_types", "value_at",
+    "is_secret_key", "redact", "redact_command", "replace_model", "training_arg_types", "value_at",
 ]

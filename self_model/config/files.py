@@ -17,7 +17,11 @@ from self_model.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMAND_LINE = "command line"
-SECRET_KEY_PATTERN = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
+# a key whose whole name says it holds a secret (`hub_token`, `wandb_api_key`); never `tokenizer_name_or_path`
+SECRET_KEY_PATTERN = re.compile(
+    r"(\w+_)?(api_?key|password|passwd|secret|secret_key|secret_access_key|access_key_id|private_key|credentials)"
+    r"|((hub|hf|auth|access|api|bearer|refresh|github|wandb|swanlab)_)?token", re.IGNORECASE)
+REDACTED = "<redacted>"
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt")
 
 
@@ -115,8 +119,8 @@ def redact(node: Any, unresolved: Any = None) -> Any:
         out = {}
         for key, value in node.items():
             raw_value = raw.get(key)
-            if SECRET_KEY_PATTERN.search(str(key)) and value not in (None, "", False):
-                out[key] = "<redacted>"
+            if is_secret_key(key) and value not in (None, "", False):
+                out[key] = REDACTED
             elif isinstance(raw_value, str) and "oc.env" in raw_value:
                 out[key] = raw_value
             else:
@@ -126,6 +130,25 @@ def redact(node: Any, unresolved: Any = None) -> Any:
         raw = unresolved if isinstance(unresolved, list) and len(unresolved) == len(node) else [None] * len(node)
         return [redact(v, r) for v, r in zip(node, raw)]
     return node
+
+
+def is_secret_key(key: Any) -> bool:
+    """Whether a config key (the last part of a dotted path) names a secret."""
+    return bool(SECRET_KEY_PATTERN.fullmatch(str(key).rsplit(".", 1)[-1].replace("-", "_")))
+
+
+def redact_command(argv: list[str]) -> list[str]:
+    """The command line with the values of secret `key=value` overrides (and `--key value` flags) removed."""
+    out = []
+    for index, arg in enumerate(argv):
+        key, sep, _ = arg.partition("=")
+        if sep and is_secret_key(key.lstrip("-")):
+            out.append(f"{key}={REDACTED}")
+        elif index > 0 and argv[index - 1].startswith("--") and is_secret_key(argv[index - 1].lstrip("-")):
+            out.append(REDACTED)
+        else:
+            out.append(arg)
+    return out
 
 
 def path_exists_or_hub_id(value: str) -> bool:
