@@ -32,25 +32,32 @@ from tests.helpers import REPO, script_env
 STEPS, SAVE_EVERY = 6, 2
 SMALL = ["eval_before_training=false", "training_args.save_strategy=steps", f"training_args.save_steps={SAVE_EVERY}",
          "training_args.logging_steps=1", "training_args.per_device_eval_batch_size=8"]
-TRAINER_STEPS = [f"training_args.max_steps={STEPS}", "training_args.per_device_train_batch_size=4",
+TRAINER_STEPS = [f"training_args.max_steps={STEPS}", "training_args.per_device_train_batch_size=2",
                  "training_args.warmup_steps=2", "data.max_length=64"]
+DATA = "examples/tiny/data"
+# fake secrets from every source: the environment, and a token on the command line; none may be written anywhere
+SECRETS = {"WANDB_API_KEY": "wandb-fake-0a1b2c3d", "SWANLAB_API_KEY": "swanlab-fake-4e5f6a7b", "HF_TOKEN": "hf_fakeenv8c9d"}
+HUB_TOKEN = "hf_fakecli1e2f3a"
+SFT_DATA = [f"data.train_file={DATA}/sft_train.jsonl#32", f"data.eval_file={DATA}/sft_eval.jsonl#8",
+            "trace=[tensorboard,swanlab]", f"training_args.hub_token={HUB_TOKEN}"]
+PAIRS = [f"data.train_file={DATA}/pref_train.jsonl#32", f"data.eval_file={DATA}/pref_eval.jsonl#8"]
 STAGES = {  # name -> (entry point, script, demo config, overrides)
-    "sft": (sft_main, "self_model/fine_tuning/train_finetune.py", "sft_tiny.yaml", TRAINER_STEPS),
+    "sft": (sft_main, "self_model/fine_tuning/train_finetune.py", "sft_tiny.yaml", [*TRAINER_STEPS, *SFT_DATA]),
     "sft_lora": (sft_main, "self_model/fine_tuning/train_finetune.py", "sft_tiny.yaml",
-                 [*TRAINER_STEPS, "peft.enabled=true", "peft.lora_r=4"]),
+                 [*TRAINER_STEPS, *SFT_DATA, "peft.enabled=true", "peft.lora_r=4"]),
     "cpt": (pretrain_main, "self_model/pretrain/train_pretrain.py", "pretrain_tiny.yaml",
-            [*TRAINER_STEPS[:3], "data.block_size=32", "data.train_file=examples/tiny/data/corpus.txt#400"]),
+            [*TRAINER_STEPS[:3], "data.block_size=32", f"data.train_file={DATA}/corpus.txt#200"]),
     "cpt_streaming": (pretrain_main, "self_model/pretrain/train_pretrain.py", "pretrain_tiny.yaml",
-                      [*TRAINER_STEPS[:3], "data.block_size=32", "data.streaming=true", "data.eval_split=0",
-                       "eval_before_training=false"]),
-    "rm": (rm_main, "self_model/rlhf/train_rm.py", "rm_tiny.yaml", TRAINER_STEPS),
-    "dpo": (dpo_main, "self_model/rlhf/train_dpo.py", "dpo_tiny.yaml", TRAINER_STEPS),
+                      [*TRAINER_STEPS[:3], "data.block_size=32", "data.streaming=true", "data.eval_split=0"]),
+    "rm": (rm_main, "self_model/rlhf/train_rm.py", "rm_tiny.yaml", [*TRAINER_STEPS, *PAIRS]),
+    "dpo": (dpo_main, "self_model/rlhf/train_dpo.py", "dpo_tiny.yaml", [*TRAINER_STEPS, *PAIRS]),
     "grpo_trl": (grpo_main, "self_model/rlhf/train_grpo.py", "grpo_tiny.yaml",
                  [f"rl.total_steps={STEPS}", "rl.prompts_per_step=2", "rl.rollout.n=2", "rl.rollout.max_response_length=8",
-                  "rl.actor.ppo_mini_batch_size=2", "rl.actor.ppo_micro_batch_size_per_gpu=4", "data.train_file=examples/tiny/data/rl_prompts.jsonl#16"]),
+                  "rl.actor.ppo_mini_batch_size=2", "rl.actor.ppo_micro_batch_size_per_gpu=4",
+                  f"data.train_file={DATA}/rl_prompts.jsonl#16"]),
 }
 # the kill points the default run tries: every stage once, the checkpoints spread over the stages
-SPREAD = {"sft": [4], "sft_lora": [2], "cpt": [4], "cpt_streaming": [2], "rm": [2], "dpo": [4], "grpo_trl": [2]}
+SPREAD = {"sft": [4], "sft_lora": [4], "cpt": [4], "cpt_streaming": [2], "rm": [2], "dpo": [4], "grpo_trl": [4]}
 SWEEP = os.environ.get("SELF_MODEL_RESUME_SWEEP") == "1"
 KILL_POINTS = [(stage, step) for stage in STAGES
                for step in (range(SAVE_EVERY, STEPS, SAVE_EVERY) if SWEEP else SPREAD[stage])]
@@ -106,6 +113,24 @@ def dead_pid() -> int:
     return process.pid
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fake_secrets():
+    saved = {name: os.environ.get(name) for name in SECRETS}
+    os.environ.update(SECRETS)
+    yield
+    for name, value in saved.items():
+        os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+
+
+def assert_no_secret(out: Path, logs: str = "") -> None:
+    """No fake secret in any file under output_dir (tracker directories, training_args.bin included) or in the logs."""
+    secrets = [*SECRETS.values(), HUB_TOKEN]
+    leaks = [f"{path}: {secret}" for path in out.rglob("*") if path.is_file()
+             for secret in secrets if secret.encode() in path.read_bytes()]
+    leaks += [f"logs: {secret}" for secret in secrets if secret in logs]
+    assert not leaks, leaks
+
+
 @pytest.fixture(scope="module")
 def baselines(tmp_path_factory):
     """Each stage's uninterrupted run, made on first use: stage -> (manifest, output_dir)."""
@@ -132,7 +157,8 @@ def test_resume_after_kill_equals_uninterrupted_run(baselines, tmp_path, capsys,
 
 def start_script(stage: str, out: Path) -> subprocess.Popen:
     _, script, _, _ = STAGES[stage]
-    return subprocess.Popen([sys.executable, str(REPO / script), *command(stage, out)], cwd=REPO, env=script_env(),
+    return subprocess.Popen([sys.executable, str(REPO / script), *command(stage, out)], cwd=REPO,
+                            env={**script_env(), **SECRETS},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -159,6 +185,8 @@ def test_sigterm_saves_exits_and_resumes_to_the_same_result(baselines, tmp_path)
     assert seconds < 10, f"{seconds:.1f} s from SIGTERM to exit"
     assert not (out / "manifest.json").exists() and not (out / LOCK_FILE).exists()
     assert_same_run(run_stage("sft", out, "--resume"), manifest, out, baseline_out)
+    assert_no_secret(out, output)
+    assert list((out / "swanlog").iterdir()) and list((out / "runs").rglob("events.out.tfevents.*"))
 
 
 def test_sigkill_at_a_random_step_resumes_to_the_same_result(baselines, tmp_path):
@@ -168,7 +196,8 @@ def test_sigkill_at_a_random_step_resumes_to_the_same_result(baselines, tmp_path
     wait_for_checkpoint(process, out)
     time.sleep(0.3 * (os.getpid() % 4))  # somewhere in the steps after the first checkpoint
     process.kill()
-    process.communicate()
+    output, _ = process.communicate()
+    assert_no_secret(out, output)
     assert (out / LOCK_FILE).exists()  # a SIGKILL leaves its lock: the resume takes it over
     assert_same_run(run_stage("cpt", out, "--resume"), manifest, out, baseline_out)
 
@@ -187,3 +216,9 @@ def test_half_written_checkpoint_and_final_save_are_ignored(baselines, tmp_path,
     assert "removing" in said and "checkpoint-4: written only in part" in said
     assert "discarding" in said and ".saving" in said
     assert_same_run(resumed, manifest, out, baseline_out)
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_no_secret_is_written(baselines, stage):
+    _, out = baselines(stage)
+    assert_no_secret(out)

@@ -113,17 +113,16 @@ def merge_layers(path: str | os.PathLike | None, overrides: list[str] = (), flag
 
 
 def redact(node: Any, unresolved: Any = None) -> Any:
-    """The config with secrets removed: secret-named keys and values read from the environment."""
+    """The config as it can be saved and rerun: values read from the environment stay `${oc.env:VAR}`, and a secret
+    written literally (a key such as `hub_token`, `api_key`) is left out, to come from the environment next time."""
     if isinstance(node, dict):
         raw = unresolved if isinstance(unresolved, dict) else {}
         out = {}
         for key, value in node.items():
             raw_value = raw.get(key)
-            if is_secret_key(key) and value not in (None, "", False):
-                out[key] = REDACTED
-            elif isinstance(raw_value, str) and "oc.env" in raw_value:
+            if isinstance(raw_value, str) and "oc.env" in raw_value:
                 out[key] = raw_value
-            else:
+            elif not (is_secret_key(key) and value not in (None, "", False)):
                 out[key] = redact(value, raw_value)
         return out
     if isinstance(node, list):
