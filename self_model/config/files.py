@@ -108,8 +108,32 @@ def merge_layers(path: str | os.PathLike | None, overrides: list[str] = (), flag
     for name, conf in layers:
         for key in flat_keys(OmegaConf.to_container(conf, resolve=False)):
             origins[key] = name
-    merged = OmegaConf.merge(*[conf for _, conf in layers])
+    merged = OmegaConf.create({})
+    for name, conf in layers:
+        try:
+            merged = OmegaConf.merge(merged, conf)
+        except OmegaConfBaseException:
+            raise ConfigError([_clash(merged, conf, name)], source) from None
     return Merged(_resolve(merged, source), OmegaConf.to_container(merged, resolve=False), origins, source)
+
+
+def _clash(merged: DictConfig, layer: DictConfig, layer_name: str) -> str:
+    """Why `layer` cannot be merged: the first key where it puts a list or value over a section, or the reverse."""
+    def walk(old: Any, new: Any, prefix: str) -> str | None:
+        for key, value in new.items():
+            path, before = f"{prefix}{key}", old.get(key) if isinstance(old, dict) else None
+            if isinstance(before, dict) and isinstance(value, dict):
+                found = walk(before, value, f"{path}.")
+                if found:
+                    return found
+            elif before is not None and value is not None and isinstance(before, dict) != isinstance(value, dict):
+                kinds = ("a section" if isinstance(before, dict) else "a value", "a section" if isinstance(value, dict)
+                         else "a list" if isinstance(value, list) else "a value")
+                return f"{path} ({layer_name}): {kinds[1]} where the files before it have {kinds[0]}"
+        return None
+
+    old, new = OmegaConf.to_container(merged, resolve=False), OmegaConf.to_container(layer, resolve=False)
+    return walk(old, new, "") or f"{layer_name}: cannot be merged with the files before it"
 
 
 def redact(node: Any, unresolved: Any = None) -> Any:
