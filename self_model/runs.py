@@ -33,6 +33,7 @@ LOCK_FILE = ".lock"
 STAGING_DIR = ".saving"
 RUN_NUMBER = "{run}"  # in output_dir: the next free number for a new run, the highest existing one with --resume
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+HELD_LOCKS: set[Path] = set()  # the output_dir locks this process took
 # what --dry-run leaves in output_dir; a later real run may replace it
 DRY_RUN_FILES = {"preview.jsonl", "dry_run_config.yaml", "verl_config.yaml", "data", "initial_model", LOCK_FILE}
 VERSIONED_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "deepspeed", "bitsandbytes",
@@ -71,7 +72,8 @@ class RunDir:
         elif cfg.resume:
             last = last_complete_checkpoint(path) if path.is_dir() else None
             if last is None:
-                raise UserError(f"resume: no complete checkpoint-* directory in {path} to resume from")
+                some = " complete" if path.is_dir() and checkpoints(path) else ""
+                raise UserError(f"resume: no{some} checkpoint-* directory in {path} to resume from")
             if is_main_process():
                 drop_incomplete_checkpoints(path, last)
             run.resume_checkpoint = str(last)
@@ -128,8 +130,9 @@ class RunDir:
         return self.path / STAGING_DIR
 
     def publish(self) -> None:
-        """Move the staged final files into output_dir, manifest.json last (rank 0)."""
+        """Move the staged final files into output_dir, manifest.json last, and give up the lock (rank 0)."""
         publish_staged(self.path)
+        release_lock(self.path / LOCK_FILE)
 
 
 def numbered_output_dir(output_dir: str, resume: bool) -> Path:
@@ -242,7 +245,7 @@ def acquire_lock(path: Path) -> None:
             continue
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(holder, handle)
-        atexit.register(release_lock, lock)
+        HELD_LOCKS.add(lock)
         return
     raise UserError(f"output_dir {path}: could not take the lock {lock}; another run is starting there")
 
@@ -258,6 +261,16 @@ def release_lock(lock: Path) -> None:
     holder = read_lock(lock)
     if holder and holder.get("pid") == os.getpid():
         lock.unlink(missing_ok=True)
+    HELD_LOCKS.discard(lock)
+
+
+def release_locks() -> None:
+    """Give up every output_dir lock this process holds (a run ended, however it ended)."""
+    for lock in list(HELD_LOCKS):
+        release_lock(lock)
+
+
+atexit.register(release_locks)
 
 
 def package_versions() -> dict[str, str]:

@@ -14,7 +14,7 @@ from self_model.config import RunConfig, StageSpec, import_class, load_config
 from self_model.data.built import BuiltData
 from self_model.errors import ConfigError, UserError, exit_on_user_error
 from self_model.modeling import check_environment, gpu_memory, load_tokenizer, speed_defaults, weight_dtype
-from self_model.runs import RunDir, is_main_process
+from self_model.runs import RunDir, is_main_process, release_locks
 from self_model.template import IGNORE_INDEX, ChatTemplate, Renderer, load_renderer, use_chat_template
 from self_model.tracking import finish_runs, setup_tracking, start_runs, tensorboard_dir
 
@@ -28,7 +28,10 @@ def stage_main(stage: StageSpec, train: Callable[..., Any]) -> Callable[[list[st
     def main(argv: list[str] | None = None) -> int:
         setup_logging()
         cfg, args = load_config(stage, argv)
-        train(cfg, dry_run=args.dry_run)
+        try:
+            train(cfg, dry_run=args.dry_run)
+        finally:
+            release_locks()
         return 0
 
     return main

@@ -127,9 +127,8 @@ def _read_json(path: Path) -> Iterator[Row]:
 def _read_table(path: Path, kind: str) -> Iterator[Row]:
     """Parquet and CSV rows, read in batches so a large file need not fit in memory."""
     if kind == "parquet":
-        import pyarrow.parquet as pq
-
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         try:
             table = pq.ParquetFile(path)
