@@ -108,6 +108,8 @@ class RunGuard(TrainerCallback):
                 raise NumericsError(self._fault_message(f"{key} {value} at step {state.global_step}", args))
 
     def on_step_end(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            self._agree_on_stop(args)
         if self.stop_signal is not None:
             control.should_save = True
             control.should_training_stop = True
@@ -115,6 +117,17 @@ class RunGuard(TrainerCallback):
             self._check_disk(args, state)
             state.stateful_callbacks[LOSS_SUM_KEY] = {"train_loss_sum": self.loss_sum()}
         return control
+
+    def _agree_on_stop(self, args) -> None:
+        """Every rank stops at the same step (the signal may reach them during different steps), else the
+        checkpoint's collective save would hang."""
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.stop_signal or 0], device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item():
+            self.stop_signal = int(flag.item())
 
     def loss_sum(self) -> float:
         """The loss summed over every optimizer step so far, the steps before a resume included."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from self_model.config import REPO_ROOT, RunConfig, redact_command
+from self_model.config import REPO_ROOT, RunConfig
 from self_model.errors import UserError
 
 LOCK_FILE = ".lock"
@@ -108,7 +108,7 @@ class RunDir:
         manifest = {
             "stage": stage,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "command": redact_command([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
             "config_file": cfg.source,
             "git": git_state(),
             "python": platform.python_version(),
@@ -222,7 +222,7 @@ def acquire_lock(path: Path) -> None:
     lock = path / LOCK_FILE
     holder = {"pid": os.getpid(), "host": socket.gethostname(),
               "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-              "command": redact_command([Path(sys.argv[0]).name, *sys.argv[1:]])}
+              "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

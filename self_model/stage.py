@@ -164,14 +164,12 @@ def interrupted_message(trainer, run: RunDir, signum: int) -> str:
     """Where the stopped run saved its state and the command that continues it."""
     import signal
 
-    from self_model.config import redact_command
     from self_model.runs import last_complete_checkpoint
 
     checkpoint = last_complete_checkpoint(run.path)
-    command = " ".join(redact_command([sys.executable, *sys.argv]))
-    resume = "" if "--resume" in sys.argv else " --resume"
+    resume = [] if "--resume" in sys.argv else ["--resume"]
     return (f"stopped by {signal.Signals(signum).name} at step {trainer.state.global_step}; the state is saved in "
-            f"{checkpoint}. Continue with: {command}{resume}")
+            f"{checkpoint}. Continue with: {' '.join([sys.executable, *sys.argv, *resume])}")
 
 
 def out_of_memory_advice(trainer, run: RunDir) -> str:

@@ -15,9 +15,9 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState
 
-from self_model.config import load_config, load_config_file, redact, redact_command
+from self_model.config import load_config, load_config_file, redact
 from self_model.data.sources import BadRowLog, read_source
-from self_model.errors import UserError
+from self_model.errors import ConfigError, UserError
 from self_model.fine_tuning.train_finetune import STAGE, main
 from self_model.guards import RunGuard
 from self_model.runs import LOCK_FILE, RunDir, finish_interrupted_save
@@ -94,7 +94,7 @@ def test_a_signal_asks_for_a_checkpoint_and_a_stop(tmp_path):
         guard.uninstall()
     assert signal.getsignal(signal.SIGINT) is previous
     state, control = TrainerState(global_step=7), TrainerControl()
-    guard.on_step_end(SimpleNamespace(output_dir=str(tmp_path)), state, control)
+    guard.on_step_end(SimpleNamespace(output_dir=str(tmp_path), world_size=1), state, control)
     assert control.should_save and control.should_training_stop
     assert state.stateful_callbacks["self_model"] == {"train_loss_sum": 3.5}
 
@@ -108,7 +108,7 @@ def test_no_checkpoint_without_room_on_the_disk(tmp_path, monkeypatch):
     control = TrainerControl(should_save=True)
     with pytest.raises(UserError, match=r"not enough disk space for checkpoint-5 in .*: it needs about 0\.01 GiB and "
                                         r"0\.00 GiB are free"):
-        guard.on_step_end(SimpleNamespace(output_dir=str(tmp_path)), TrainerState(global_step=5), control)
+        guard.on_step_end(SimpleNamespace(output_dir=str(tmp_path), world_size=1), TrainerState(global_step=5), control)
 
 
 # ---------------------------------------------------------------- the final save
@@ -170,10 +170,9 @@ def test_redaction_matches_secret_keys_exactly():
     assert redact(config) == {"tokenizer_name_or_path": "examples/tiny/tokenizer",
                               "template": {"eos_token": "<|im_end|>"}, "training_args": {"max_tokens": 3},
                               "rl": {"reward": {"endpoint": "http://x"}}}
-    assert redact_command(["train.py", "--config", "c.yaml", "training_args.hub_token=hf_abc", "--api_key", "sk-1",
-                           "tokenizer_name_or_path=t"]) == [
-        "train.py", "--config", "c.yaml", "training_args.hub_token=<redacted>", "--api_key", "<redacted>",
-        "tokenizer_name_or_path=t"]
+    with pytest.raises(ConfigError, match=r"training_args.hub_token: a secret on the command line is seen by other "
+                                          r"users \(ps\), kept in the shell's history and recorded by trackers"):
+        load_config(STAGE, ["--config", str(REPO / "config" / "examples" / "sft_tiny.yaml"), "training_args.hub_token=hf_x"])
 
 
 # ---------------------------------------------------------------- data from other editors

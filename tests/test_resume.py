@@ -35,11 +35,10 @@ SMALL = ["eval_before_training=false", "training_args.save_strategy=steps", f"tr
 TRAINER_STEPS = [f"training_args.max_steps={STEPS}", "training_args.per_device_train_batch_size=2",
                  "training_args.warmup_steps=2", "data.max_length=64"]
 DATA = "examples/tiny/data"
-# fake secrets from every source: the environment, and a token on the command line; none may be written anywhere
+# fake secrets in the environment, one also read by the config (hub_token); none may be written anywhere
 SECRETS = {"WANDB_API_KEY": "wandb-fake-0a1b2c3d", "SWANLAB_API_KEY": "swanlab-fake-4e5f6a7b", "HF_TOKEN": "hf_fakeenv8c9d"}
-HUB_TOKEN = "hf_fakecli1e2f3a"
 SFT_DATA = [f"data.train_file={DATA}/sft_train.jsonl#32", f"data.eval_file={DATA}/sft_eval.jsonl#8",
-            "trace=[tensorboard,swanlab]", f"training_args.hub_token={HUB_TOKEN}"]
+            "trace=[tensorboard,swanlab]", "training_args.hub_token=${oc.env:HF_TOKEN}"]
 PAIRS = [f"data.train_file={DATA}/pref_train.jsonl#32", f"data.eval_file={DATA}/pref_eval.jsonl#8"]
 STAGES = {  # name -> (entry point, script, demo config, overrides)
     "sft": (sft_main, "self_model/fine_tuning/train_finetune.py", "sft_tiny.yaml", [*TRAINER_STEPS, *SFT_DATA]),
@@ -56,8 +55,9 @@ STAGES = {  # name -> (entry point, script, demo config, overrides)
                   "rl.actor.ppo_mini_batch_size=2", "rl.actor.ppo_micro_batch_size_per_gpu=4",
                   f"data.train_file={DATA}/rl_prompts.jsonl#16"]),
 }
-# the kill points the default run tries: every stage once, the checkpoints spread over the stages
-SPREAD = {"sft": [4], "sft_lora": [4], "cpt": [4], "cpt_streaming": [2], "rm": [2], "dpo": [4], "grpo_trl": [4]}
+# the kill points the default run tries, spread over the stages; SFT is resumed by the SIGTERM test (after the
+# step it reached) and the half-written-checkpoint test (from checkpoint-2), CPT also after a SIGKILL
+SPREAD = {"sft": [], "sft_lora": [4], "cpt": [4], "cpt_streaming": [2], "rm": [2], "dpo": [4], "grpo_trl": [4]}
 SWEEP = os.environ.get("SELF_MODEL_RESUME_SWEEP") == "1"
 KILL_POINTS = [(stage, step) for stage in STAGES
                for step in (range(SAVE_EVERY, STEPS, SAVE_EVERY) if SWEEP else SPREAD[stage])]
@@ -124,7 +124,7 @@ def fake_secrets():
 
 def assert_no_secret(out: Path, logs: str = "") -> None:
     """No fake secret in any file under output_dir (tracker directories, training_args.bin included) or in the logs."""
-    secrets = [*SECRETS.values(), HUB_TOKEN]
+    secrets = list(SECRETS.values())
     leaks = [f"{path}: {secret}" for path in out.rglob("*") if path.is_file()
              for secret in secrets if secret.encode() in path.read_bytes()]
     leaks += [f"logs: {secret}" for secret in secrets if secret in logs]

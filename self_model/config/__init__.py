@@ -18,7 +18,6 @@ from self_model.config.files import (
     merge_layers,
     path_exists_or_hub_id,
     redact,
-    redact_command,
 )
 from self_model.config.schema import check_dataclass, closest, option
 from self_model.config.sections import PEFT_METHODS, TRACE_BACKENDS, DataSourceArgs, ModelArgs, PeftArgs, RunConfig
@@ -26,32 +25,8 @@ from self_model.config.stage import Owned, StageSpec, from_key, load_config, loa
 from self_model.config.training_fields import import_class, training_arg_types
 
 __all__ = [
-    "COMMAND_LINE",
-    "PEFT_METHODS",
-    "REPO_ROOT",
-    "SECRET_KEY_PATTERN",
-    "TRACE_BACKENDS",
-    "DataSourceArgs",
-    "Merged",
-    "ModelArgs",
-    "Owned",
-    "PeftArgs",
-    "RunConfig",
-    "StageSpec",
-    "check_dataclass",
-    "closest",
-    "from_key",
-    "import_class",
-    "is_secret_key",
-    "load_config",
-    "load_config_file",
-    "locate",
-    "merge_layers",
-    "option",
-    "path_exists_or_hub_id",
-    "redact",
-    "redact_command",
-    "replace_model",
-    "training_arg_types",
-    "value_at",
+    "COMMAND_LINE", "PEFT_METHODS", "REPO_ROOT", "SECRET_KEY_PATTERN", "TRACE_BACKENDS", "DataSourceArgs", "Merged",
+    "ModelArgs", "Owned", "PeftArgs", "RunConfig", "StageSpec", "check_dataclass", "closest", "from_key",
+    "import_class", "is_secret_key", "load_config", "load_config_file", "locate", "merge_layers", "option",
+    "path_exists_or_hub_id", "redact", "replace_model", "training_arg_types", "value_at",
 ]

@@ -77,9 +77,13 @@ def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[str, DictC
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
-    bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0]]
+    bad = [f"override {o!r} must look like section.key=value" for o in overrides if "=" not in o or not o.split("=", 1)[0]]
+    bad += [f"{key}: a secret on the command line is seen by other users (ps), kept in the shell's history and "
+            f"recorded by trackers; export it instead and write {key}=${{oc.env:VAR}} (or set it so in the config)"
+            for key, _, value in (o.partition("=") for o in overrides)
+            if is_secret_key(key) and value and not value.startswith("${oc.env:")]
     if bad:
-        raise ConfigError([f"override {o!r} must look like section.key=value" for o in bad], COMMAND_LINE)
+        raise ConfigError(bad, COMMAND_LINE)
     try:
         return OmegaConf.from_dotlist(overrides)
     except OmegaConfBaseException as err:
@@ -158,20 +162,6 @@ def redact(node: Any, unresolved: Any = None) -> Any:
 def is_secret_key(key: Any) -> bool:
     """Whether a config key (the last part of a dotted path) names a secret."""
     return bool(SECRET_KEY_PATTERN.fullmatch(str(key).rsplit(".", 1)[-1].replace("-", "_")))
-
-
-def redact_command(argv: list[str]) -> list[str]:
-    """The command line with the values of secret `key=value` overrides (and `--key value` flags) removed."""
-    out = []
-    for index, arg in enumerate(argv):
-        key, sep, _ = arg.partition("=")
-        if sep and is_secret_key(key.lstrip("-")):
-            out.append(f"{key}={REDACTED}")
-        elif index > 0 and argv[index - 1].startswith("--") and is_secret_key(argv[index - 1].lstrip("-")):
-            out.append(REDACTED)
-        else:
-            out.append(arg)
-    return out
 
 
 def path_exists_or_hub_id(value: str) -> bool:
