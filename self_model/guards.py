@@ -63,13 +63,16 @@ class RunGuard(TrainerCallback):
         self._checkpoint_bytes = 0
 
     def install(self) -> None:
-        """Take over SIGTERM and SIGINT (main thread only); a second signal ends the process at once."""
+        """Take over SIGTERM and SIGINT (main thread only), again if a tracker took them since (swanlab ends its
+        run on SIGINT); a second signal ends the process at once."""
         import threading
 
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in HANDLED_SIGNALS:
-            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+            if signal.getsignal(signum) != self._on_signal:
+                previous = signal.signal(signum, self._on_signal)
+                self._previous_handlers.setdefault(signum, previous)
 
     def uninstall(self) -> None:
         for signum, handler in self._previous_handlers.items():
@@ -85,6 +88,7 @@ class RunGuard(TrainerCallback):
               "(send it again to stop at once, without saving)", flush=True)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.install()  # after the trackers' callbacks have started their runs
         self._checkpoint_bytes = checkpoint_bytes(model, not args.save_only_model)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):

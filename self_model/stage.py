@@ -129,8 +129,8 @@ def fit(trainer, run: RunDir, eval_before: bool) -> dict:
             "only the resumed steps")
     guard = RunGuard(trainer, run.numerics, loss_sum_before or 0.0)
     trainer.add_callback(guard)
-    guard.install()
     start_runs(args.report_to, args.output_dir, args.run_name)
+    guard.install()
     metrics = {}
     try:
         if eval_before and trainer.is_deepspeed_enabled:

@@ -5,7 +5,8 @@ Each stage's uninterrupted run is shared by its tests (module fixture) and saves
 Most kill points are the state a SIGKILL leaves between two checkpoints, made by cutting the finished run's directory
 back to checkpoint-N (the lock of a dead process, later checkpoints absent, no final model); two are real signals sent
 to a subprocess: SIGTERM to SFT (saves, then exits 143) and SIGKILL to CPT, at whatever step it has reached.
-SELF_MODEL_RESUME_SWEEP=1 runs every checkpoint of every stage as a kill point instead of the spread below.
+SELF_MODEL_RESUME_SWEEP=1 runs 8 steps with a checkpoint after each and tries every one of them as a kill point, in every
+stage, instead of the spread below.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from self_model.rlhf.train_rm import main as rm_main
 from self_model.runs import LOCK_FILE, checkpoints, is_complete_checkpoint
 from tests.helpers import REPO, script_env
 
-STEPS, SAVE_EVERY = 6, 2
+SWEEP = os.environ.get("SELF_MODEL_RESUME_SWEEP") == "1"
+STEPS, SAVE_EVERY = (8, 1) if SWEEP else (6, 2)
 SMALL = ["eval_before_training=false", "training_args.save_strategy=steps", f"training_args.save_steps={SAVE_EVERY}",
          "training_args.logging_steps=1", "training_args.per_device_eval_batch_size=8"]
 TRAINER_STEPS = [f"training_args.max_steps={STEPS}", "training_args.per_device_train_batch_size=2",
@@ -58,7 +60,6 @@ STAGES = {  # name -> (entry point, script, demo config, overrides)
 # the kill points the default run tries, spread over the stages; SFT is resumed by the SIGTERM test (after the
 # step it reached) and the half-written-checkpoint test (from checkpoint-2), CPT also after a SIGKILL
 SPREAD = {"sft": [], "sft_lora": [4], "cpt": [4], "cpt_streaming": [2], "rm": [2], "dpo": [4], "grpo_trl": [4]}
-SWEEP = os.environ.get("SELF_MODEL_RESUME_SWEEP") == "1"
 KILL_POINTS = [(stage, step) for stage in STAGES
                for step in (range(SAVE_EVERY, STEPS, SAVE_EVERY) if SWEEP else SPREAD[stage])]
 FINAL_FILES = ("model.safetensors", "adapter_model.safetensors")
@@ -182,7 +183,7 @@ def test_sigterm_saves_exits_and_resumes_to_the_same_result(baselines, tmp_path)
     assert process.returncode == 128 + signal.SIGTERM, output
     assert "Traceback" not in output
     assert "SIGTERM received" in output and "Continue with:" in output and "--resume" in output, output
-    assert seconds < 10, f"{seconds:.1f} s from SIGTERM to exit"
+    assert seconds < 30, f"{seconds:.1f} s from SIGTERM to exit"  # the step, a checkpoint, closing the trackers
     assert not (out / "manifest.json").exists() and not (out / LOCK_FILE).exists()
     assert_same_run(run_stage("sft", out, "--resume"), manifest, out, baseline_out)
     assert_no_secret(out, output)
