@@ -28,7 +28,8 @@ class DataError(UserError):
 
 
 def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int | None]:
-    """Run `main`; a UserError prints its message to stderr and exits with code 2."""
+    """Run `main`; a UserError prints its message to stderr and exits with its code (2); Ctrl-C before training
+    exits with 130 and no traceback."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -37,5 +38,8 @@ def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int | N
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            print("\ninterrupted before training started; nothing to resume from this run", file=sys.stderr)
+            sys.exit(130)
 
     return wrapper

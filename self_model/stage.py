@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -13,7 +14,7 @@ from self_model.config import RunConfig, StageSpec, import_class, load_config
 from self_model.data.built import BuiltData
 from self_model.errors import ConfigError, UserError, exit_on_user_error
 from self_model.modeling import check_environment, gpu_memory, load_tokenizer, speed_defaults, weight_dtype
-from self_model.runs import RunDir, is_main_process
+from self_model.runs import RunDir, is_main_process, release_locks
 from self_model.template import IGNORE_INDEX, ChatTemplate, Renderer, load_renderer, use_chat_template
 from self_model.tracking import finish_runs, setup_tracking, start_runs, tensorboard_dir
 
@@ -27,7 +28,10 @@ def stage_main(stage: StageSpec, train: Callable[..., Any]) -> Callable[[list[st
     def main(argv: list[str] | None = None) -> int:
         setup_logging()
         cfg, args = load_config(stage, argv)
-        train(cfg, dry_run=args.dry_run)
+        try:
+            train(cfg, dry_run=args.dry_run)
+        finally:
+            release_locks()
         return 0
 
     return main
@@ -61,6 +65,9 @@ def build_training_args(cfg: RunConfig, stage: StageSpec, owned: bool = True):
         defaults = stage.default_values(cfg)
     values = {**{k: v for k, v in defaults.items() if k not in cfg.training_args}, **cfg.training_args,
               **(stage.owned_values(cfg) if owned else {})}
+    hub_token = values.pop("hub_token", None)
+    if hub_token:  # huggingface_hub reads it from here; in the arguments it would be pickled into training_args.bin
+        os.environ["HF_TOKEN"] = hub_token
     for notice in check_environment(cfg, values):
         say(f"note: {notice}")
     report_to = setup_tracking(cfg.trace, values["output_dir"], values.get("run_name"))
@@ -107,13 +114,23 @@ def open_stage(cfg: RunConfig, stage: StageSpec, dry_run: bool, chat: bool = Tru
 
 
 def fit(trainer, run: RunDir, eval_before: bool) -> dict:
-    """Train (resuming when asked), evaluating before (optional) and after; trackers are closed whatever happens."""
+    """Train (resuming when asked), evaluating before (optional) and after, under a `RunGuard` (signals, numerical
+    faults, disk space); the train loss reported covers every step, those before a resume too. Trackers are closed
+    whatever happens."""
     import torch
 
+    from self_model.guards import Interrupted, RunGuard, restored_loss_sum
     from self_model.memory import GIB
 
     args = trainer.args
+    loss_sum_before = restored_loss_sum(run.resume_checkpoint)
+    if loss_sum_before is None:
+        say(f"note: {run.resume_checkpoint} does not record the loss of its steps: the train loss reported covers "
+            "only the resumed steps")
+    guard = RunGuard(trainer, run.numerics, loss_sum_before or 0.0)
+    trainer.add_callback(guard)
     start_runs(args.report_to, args.output_dir, args.run_name)
+    guard.install()
     metrics = {}
     try:
         if eval_before and trainer.is_deepspeed_enabled:
@@ -123,16 +140,36 @@ def fit(trainer, run: RunDir, eval_before: bool) -> dict:
             metrics.update({f"{key}_before": value for key, value in trainer.evaluate().items() if key in DESCRIBED_METRICS})
         resume = {"resume_from_checkpoint": run.resume_checkpoint} if run.resume_checkpoint else {}
         result = trainer.train(**resume)
+        if guard.stop_signal is not None:
+            raise Interrupted(interrupted_message(trainer, run, guard.stop_signal), guard.stop_signal)
         metrics.update(result.metrics if result is not None else {})  # TRL's experimental PPO returns nothing
+        if "train_loss" in metrics and trainer.state.global_step:
+            # the Trainer divides the loss of the resumed steps alone by every step's count
+            metrics["train_loss"] += (loss_sum_before or 0.0) / trainer.state.global_step
+        if guard.skipped_steps:
+            metrics["skipped_steps"] = guard.skipped_steps
         if trainer.eval_dataset is not None:
             metrics.update(trainer.evaluate())
     except torch.OutOfMemoryError:
         raise UserError(out_of_memory_advice(trainer, run)) from None
     finally:
+        guard.uninstall()
         finish_runs(args.report_to)
     if torch.cuda.is_available():
         metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated() / GIB
     return metrics
+
+
+def interrupted_message(trainer, run: RunDir, signum: int) -> str:
+    """Where the stopped run saved its state and the command that continues it."""
+    import signal
+
+    from self_model.runs import last_complete_checkpoint
+
+    checkpoint = last_complete_checkpoint(run.path)
+    resume = [] if "--resume" in sys.argv else ["--resume"]
+    return (f"stopped by {signal.Signals(signum).name} at step {trainer.state.global_step}; the state is saved in "
+            f"{checkpoint}. Continue with: {' '.join([sys.executable, *sys.argv, *resume])}")
 
 
 def out_of_memory_advice(trainer, run: RunDir) -> str:
@@ -219,18 +256,22 @@ def present_data(run: RunDir, cfg: RunConfig, data: BuiltData, tokenizer, dry_ru
 
 def save_final(trainer, tokenizer, renderer: Renderer | None, run: RunDir, cfg: RunConfig, stage: str,
                data: BuiltData, metrics: dict, **extra: Any) -> None:
-    """Save model or adapter, tokenizer with the chat template, resolved config and manifest (rank 0), and say so."""
-    trainer.save_model(str(run.path))
+    """Save model or adapter, tokenizer with the chat template, resolved config and manifest (rank 0), and say so.
+    Everything is written into output_dir/.saving first and moved in at the end, the manifest last."""
+    staged = RunDir(run.staging)
+    trainer.save_model(str(staged.path))
     if not trainer.is_world_process_zero():
         return
     if isinstance(renderer, ChatTemplate):
         use_chat_template(tokenizer, renderer)
-        (run.path / "template.json").write_text(
+        (staged.path / "template.json").write_text(
             json.dumps({k: v for k, v in asdict(renderer).items()}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )
-    tokenizer.save_pretrained(str(run.path))
-    run.write_yaml("config.yaml", cfg.resolved)
-    run.write_manifest(cfg, stage, {**extra, "data": data.manifest(), "metrics": metrics})
+    tokenizer.save_pretrained(str(staged.path))
+    staged.write_yaml("config.yaml", cfg.resolved)
+    staged.memory_plan = run.memory_plan
+    staged.write_manifest(cfg, stage, {**extra, "data": data.manifest(), "metrics": metrics})
+    run.publish()
     label = ", ".join(str(v) for v in (extra.get("algorithm"), extra.get("backend")) if v)
     say(f"done{f' ({label})' if label else ''}: {describe_metrics(metrics)}; saved to {run.path}")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from self_model.config import REPO_ROOT, SECRET_KEY_PATTERN
+from self_model.config import REPO_ROOT, is_secret_key
 from self_model.errors import ConfigError
 from self_model.runs import is_main_process
 
@@ -35,7 +35,7 @@ def load_settings(backend: str, settings_dir: Path = TRACE_CONFIG_DIR) -> dict:
     settings = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
     problems = []
     for key, value in settings.items():
-        if SECRET_KEY_PATTERN.search(key):
+        if is_secret_key(key):
             problems.append(f"{key}: secrets must come from the environment, not from a file")
         elif key not in ENV_KEYS[backend]:
             problems.append(f"{key}: unknown setting (valid: {', '.join(ENV_KEYS[backend])})")

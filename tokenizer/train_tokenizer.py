@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from self_model.data.sources import TEXT_ENCODING, check_text_file, not_utf8
 from self_model.errors import DataError, UserError, exit_on_user_error
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -52,13 +53,17 @@ CHAT_TEMPLATES = {
 def iter_texts(paths, txt_blocks=False):
     """Yield the non-empty documents of `.jsonl` files and text files (a line each, or a blank-line-separated block)."""
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            if path.suffix != ".jsonl":
-                yield from txt_documents(f, txt_blocks)
-                continue
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    yield from jsonl_texts(line, f"{path}:{line_no}")
+        check_text_file(path)
+        try:
+            with open(path, encoding=TEXT_ENCODING) as f:
+                if path.suffix != ".jsonl":
+                    yield from txt_documents(f, txt_blocks)
+                    continue
+                for line_no, line in enumerate(f, 1):
+                    if line.strip():
+                        yield from jsonl_texts(line, f"{path}:{line_no}")
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
 
 
 def txt_documents(lines, blocks):

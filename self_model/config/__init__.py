@@ -13,6 +13,7 @@ from self_model.config.files import (
     REPO_ROOT,
     SECRET_KEY_PATTERN,
     Merged,
+    is_secret_key,
     locate,
     merge_layers,
     path_exists_or_hub_id,
@@ -26,6 +27,6 @@ from self_model.config.training_fields import import_class, training_arg_types
 __all__ = [
     "COMMAND_LINE", "PEFT_METHODS", "REPO_ROOT", "SECRET_KEY_PATTERN", "TRACE_BACKENDS", "DataSourceArgs", "Merged",
     "ModelArgs", "Owned", "PeftArgs", "RunConfig", "StageSpec", "check_dataclass", "closest", "from_key",
-    "import_class", "load_config", "load_config_file", "locate", "merge_layers", "option", "path_exists_or_hub_id",
-    "redact", "replace_model", "training_arg_types", "value_at",
+    "import_class", "is_secret_key", "load_config", "load_config_file", "locate", "merge_layers", "option",
+    "path_exists_or_hub_id", "redact", "replace_model", "training_arg_types", "value_at",
 ]

@@ -17,7 +17,11 @@ from self_model.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMAND_LINE = "command line"
-SECRET_KEY_PATTERN = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
+# a key whose whole name says it holds a secret (`hub_token`, `wandb_api_key`); never `tokenizer_name_or_path`
+SECRET_KEY_PATTERN = re.compile(
+    r"(\w+_)?(api_?key|password|passwd|secret|secret_key|secret_access_key|access_key_id|private_key|credentials)"
+    r"|((hub|hf|auth|access|api|bearer|refresh|github|wandb|swanlab)_)?token", re.IGNORECASE)
+REDACTED = "<redacted>"
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt")
 
 
@@ -73,9 +77,13 @@ def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[str, DictC
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
-    bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0]]
+    bad = [f"override {o!r} must look like section.key=value" for o in overrides if "=" not in o or not o.split("=", 1)[0]]
+    bad += [f"{key}: a secret on the command line is seen by other users (ps), kept in the shell's history and "
+            f"recorded by trackers; export it instead and write {key}=${{oc.env:VAR}} (or set it so in the config)"
+            for key, _, value in (o.partition("=") for o in overrides)
+            if is_secret_key(key) and value and not value.startswith("${oc.env:")]
     if bad:
-        raise ConfigError([f"override {o!r} must look like section.key=value" for o in bad], COMMAND_LINE)
+        raise ConfigError(bad, COMMAND_LINE)
     try:
         return OmegaConf.from_dotlist(overrides)
     except OmegaConfBaseException as err:
@@ -104,28 +112,56 @@ def merge_layers(path: str | os.PathLike | None, overrides: list[str] = (), flag
     for name, conf in layers:
         for key in flat_keys(OmegaConf.to_container(conf, resolve=False)):
             origins[key] = name
-    merged = OmegaConf.merge(*[conf for _, conf in layers])
+    merged = OmegaConf.create({})
+    for name, conf in layers:
+        try:
+            merged = OmegaConf.merge(merged, conf)
+        except OmegaConfBaseException:
+            raise ConfigError([_clash(merged, conf, name)], source) from None
     return Merged(_resolve(merged, source), OmegaConf.to_container(merged, resolve=False), origins, source)
 
 
+def _clash(merged: DictConfig, layer: DictConfig, layer_name: str) -> str:
+    """Why `layer` cannot be merged: the first key where it puts a list or value over a section, or the reverse."""
+    def walk(old: Any, new: Any, prefix: str) -> str | None:
+        for key, value in new.items():
+            path, before = f"{prefix}{key}", old.get(key) if isinstance(old, dict) else None
+            if isinstance(before, dict) and isinstance(value, dict):
+                found = walk(before, value, f"{path}.")
+                if found:
+                    return found
+            elif before is not None and value is not None and isinstance(before, dict) != isinstance(value, dict):
+                kinds = ("a section" if isinstance(before, dict) else "a value", "a section" if isinstance(value, dict)
+                         else "a list" if isinstance(value, list) else "a value")
+                return f"{path} ({layer_name}): {kinds[1]} where the files before it have {kinds[0]}"
+        return None
+
+    old, new = OmegaConf.to_container(merged, resolve=False), OmegaConf.to_container(layer, resolve=False)
+    return walk(old, new, "") or f"{layer_name}: cannot be merged with the files before it"
+
+
 def redact(node: Any, unresolved: Any = None) -> Any:
-    """The config with secrets removed: secret-named keys and values read from the environment."""
+    """The config as it can be saved and rerun: values read from the environment stay `${oc.env:VAR}`, and a secret
+    written literally (a key such as `hub_token`, `api_key`) is left out, to come from the environment next time."""
     if isinstance(node, dict):
         raw = unresolved if isinstance(unresolved, dict) else {}
         out = {}
         for key, value in node.items():
             raw_value = raw.get(key)
-            if SECRET_KEY_PATTERN.search(str(key)) and value not in (None, "", False):
-                out[key] = "<redacted>"
-            elif isinstance(raw_value, str) and "oc.env" in raw_value:
+            if isinstance(raw_value, str) and "oc.env" in raw_value:
                 out[key] = raw_value
-            else:
+            elif not (is_secret_key(key) and value not in (None, "", False)):
                 out[key] = redact(value, raw_value)
         return out
     if isinstance(node, list):
         raw = unresolved if isinstance(unresolved, list) and len(unresolved) == len(node) else [None] * len(node)
         return [redact(v, r) for v, r in zip(node, raw)]
     return node
+
+
+def is_secret_key(key: Any) -> bool:
+    """Whether a config key (the last part of a dotted path) names a secret."""
+    return bool(SECRET_KEY_PATTERN.fullmatch(str(key).rsplit(".", 1)[-1].replace("-", "_")))
 
 
 def path_exists_or_hub_id(value: str) -> bool:

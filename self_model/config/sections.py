@@ -84,6 +84,10 @@ class RunConfig:
     overwrite: bool = option("Replace a non-empty output_dir.", False)
     resume: bool | str = option("Resume from the last checkpoint in output_dir (true) or from this checkpoint path.", False)
     eval_before_training: bool = option("Evaluate once before training, to report the eval loss before and after.", False)
+    numerics: Literal["stop", "skip_step"] = option(
+        "On a NaN/inf gradient or loss: stop (naming the step and the last good checkpoint), or skip_step (skip that "
+        "update, count it in the manifest, go on).", "stop"
+    )
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataSourceArgs = field(default_factory=DataSourceArgs)  # the stage's own data class (StageSpec.data_class)
     peft: PeftArgs = field(default_factory=PeftArgs)

@@ -84,6 +84,8 @@ def row_to_prompt(row: Any, data: RLDataArgs) -> dict:
         raise BadRow(f"a row must be a JSON object, got {type(row).__name__}")
     keys = {**RL_KEYS, "prompt": data.prompt_key, "ground_truth": data.ground_truth_key}
     record = to_record(row, keys, data.data_source)
+    if not any(turn["content"].strip() for turn in record["prompt"]):
+        raise BadRow(f"empty {data.prompt_key!r}: a prompt needs text to generate from")
     if not record["ground_truth"].strip():
         raise BadRow(f"empty {data.ground_truth_key!r}")
     if record["prompt"][-1]["role"] != "user":

@@ -23,6 +23,10 @@ from self_model.errors import DataError
 
 FILE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "txt"}
 SAMPLE_SUFFIX = re.compile(r"^(?P<path>.+?)#(?P<n>\d+)$")
+TEXT_ENCODING = "utf-8-sig"  # UTF-8, with the byte-order mark Windows editors write accepted at the start
+BINARY_SIGNATURES = {b"\x1f\x8b": "gzip-compressed data", b"PK\x03\x04": "a zip archive", b"PAR1": "a Parquet file",
+                     b"\x28\xb5\x2f\xfd": "zstd-compressed data", b"BZh": "bzip2-compressed data",
+                     b"\xff\xfe": "UTF-16 text", b"\xfe\xff": "UTF-16 text", b"\x89PNG": "a PNG image"}
 
 
 class BadRow(Exception):
@@ -72,8 +76,32 @@ def as_list(specs: str | list[str] | None) -> list[str]:
     return [] if not specs else [specs] if isinstance(specs, str) else list(specs)
 
 
+def check_text_file(path: Path) -> None:
+    """A text data file that is in fact binary (compressed, an archive, UTF-16, ...) is named before any row is read."""
+    with path.open("rb") as handle:
+        head = handle.read(8192)
+    kind = next((name for magic, name in BINARY_SIGNATURES.items() if head.startswith(magic)), None)
+    if kind is None and b"\x00" in head:
+        kind = "binary data (it contains NUL bytes)"
+    if kind is not None:
+        raise DataError(f"{path}: this is {kind}, not {path.suffix} text; convert it to UTF-8 {path.suffix} "
+                        "(or name the file by what it holds, e.g. .parquet)")
+
+
+def not_utf8(path: Path) -> DataError:
+    """The first line of `path` that is not UTF-8, as a DataError (called after a decode failed)."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode(TEXT_ENCODING if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                return DataError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                                 "save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`")
+    return DataError(f"{path}: not UTF-8 text; save the file as UTF-8")
+
+
 def _read_jsonl(path: Path, bad: BadRowLog) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding=TEXT_ENCODING) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -85,7 +113,7 @@ def _read_jsonl(path: Path, bad: BadRowLog) -> Iterator[Row]:
 
 def _read_json(path: Path) -> Iterator[Row]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding=TEXT_ENCODING))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg}); a .json file must hold one list of rows") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -99,10 +127,15 @@ def _read_json(path: Path) -> Iterator[Row]:
 def _read_table(path: Path, kind: str) -> Iterator[Row]:
     """Parquet and CSV rows, read in batches so a large file need not fit in memory."""
     if kind == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
+        try:
+            table = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
         index = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        for batch in table.iter_batches(batch_size=4096):
             for record in batch.to_pylist():
                 yield Row(record, f"{path}:row {index}")
                 index += 1
@@ -110,15 +143,18 @@ def _read_table(path: Path, kind: str) -> Iterator[Row]:
     import pandas as pd
 
     index = 2  # line 1 is the header
-    for chunk in pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=4096):
-        for record in chunk.to_dict(orient="records"):
-            yield Row(record, f"{path}:row {index}")
-            index += 1
+    try:
+        for chunk in pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=4096, encoding=TEXT_ENCODING):
+            for record in chunk.to_dict(orient="records"):
+                yield Row(record, f"{path}:row {index}")
+                index += 1
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{path}: not a readable CSV file ({str(err).strip().splitlines()[0]})") from None
 
 
 def _read_txt(path: Path, documents: str) -> Iterator[Row]:
     """Plain text as `{"text": document}` rows: one per non-empty line, or per block of lines separated by blank lines."""
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding=TEXT_ENCODING) as handle:
         block, start = [], 0
         for number, line in enumerate(handle, start=1):
             line = line.rstrip("\n")
@@ -155,12 +191,19 @@ def iter_source(name: str, bad: BadRowLog, txt_documents: str = "line", streamin
         kind = FILE_SUFFIXES.get(path.suffix.lower())
         if kind is None:
             raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl, .json, .parquet, .csv or .txt)")
-        if kind == "txt":
-            yield from _read_txt(path, txt_documents)
-        elif kind == "json":
-            yield from _read_jsonl(path, bad) if path.suffix.lower() == ".jsonl" else _read_json(path)
-        else:
+        if kind == "parquet":
             yield from _read_table(path, kind)
+            return
+        check_text_file(path)
+        try:
+            if kind == "txt":
+                yield from _read_txt(path, txt_documents)
+            elif kind == "json":
+                yield from _read_jsonl(path, bad) if path.suffix.lower() == ".jsonl" else _read_json(path)
+            else:
+                yield from _read_table(path, kind)
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
     elif path.exists():
         raise DataError(f"{path}: is a directory; name the data files inside it")
     else:
