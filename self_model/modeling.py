@@ -13,7 +13,7 @@ from self_model.errors import UserError
 logger = logging.getLogger(__name__)
 
 
-def _not_available(kind: str, name: str, err: Exception) -> UserError:
+def not_available(kind: str, name: str, err: Exception) -> UserError:
     first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     return UserError(
         f"{kind} {name!r} is not available locally (not a directory, not in the Hugging Face cache) and could not "
@@ -29,7 +29,7 @@ def load_tokenizer(cfg: RunConfig):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as err:
-        raise _not_available("tokenizer", name, err) from None
+        raise not_available("tokenizer", name, err) from None
     if not tokenizer.is_fast:
         raise UserError(f"tokenizer {name!r} is not a fast tokenizer; label masking needs character offsets")
     set_distinct_pad_token(tokenizer)
@@ -169,12 +169,17 @@ def load_model(cfg: RunConfig, tokenizer, training_args, model_class=None, packe
         raise UserError(f"{type(model).__name__} does not read document boundaries from position_ids in its attention, "
                         "so packed documents would see each other: set data.packing: false (SFT) or "
                         "data.isolate_documents: false (CPT)")
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    fit_embeddings(model, tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
     # Training needs no KV cache; with one, transformers also stops reading packed position_ids for SDPA masks.
     model.config.use_cache = False
     return model
+
+
+def fit_embeddings(model, tokenizer) -> None:
+    """Grow the embeddings to the tokenizer (to a multiple of 64); the merge repeats this before loading adapters."""
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
 
 
 def _build(cfg: RunConfig, model_class, dtype, training_args, kwargs: dict, config_kwargs: dict):
@@ -196,16 +201,21 @@ def _build(cfg: RunConfig, model_class, dtype, training_args, kwargs: dict, conf
         try:
             model = model_class.from_pretrained(cfg.model_name_or_path, dtype=dtype, **kwargs, **config_kwargs)
         except OSError as err:
-            raise _not_available("model", cfg.model_name_or_path, err) from None
+            raise not_available("model", cfg.model_name_or_path, err) from None
     return model
+
+
+def stop_token_ids(tokenizer, stop_words: list[str]) -> list[int]:
+    """The ids of the stop words that are single tokens, and EOS."""
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in stop_words if w in tokenizer.get_vocab()]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(ids))
 
 
 def set_stop_tokens(model, tokenizer, stop_words: list[str]) -> None:
     """Make generation stop at the template's end-of-turn tokens (saved in generation_config.json)."""
-    ids = [tokenizer.convert_tokens_to_ids(w) for w in stop_words if w in tokenizer.get_vocab()]
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    ids = list(dict.fromkeys(ids))
+    ids = stop_token_ids(tokenizer, stop_words)
     if ids and getattr(model, "generation_config", None) is not None:
         model.generation_config.eos_token_id = ids if len(ids) > 1 else ids[0]
         model.generation_config.pad_token_id = tokenizer.pad_token_id

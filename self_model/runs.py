@@ -84,22 +84,32 @@ class RunDir:
         return target
 
     def write_manifest(self, cfg: RunConfig, stage: str, extra: dict[str, Any]) -> Path:
-        manifest = {
-            "stage": stage,
-            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        start = cfg.model_name_or_path
+        return save_manifest(self.path, stage, {
             "config_file": cfg.source,
-            "git": git_state(),
-            "python": platform.python_version(),
-            "versions": package_versions(),
-            "device": device_description(),
-            "processes": int(os.environ.get("WORLD_SIZE", "1")),
+            # the starting model (an adapter's base), absolute when local: merge and inference find it from here
+            "model_name_or_path": str(Path(start).resolve()) if start and Path(start).exists() else start,
             **({"memory_plan": self.memory_plan} if self.memory_plan else {}),
             **extra,
-        }
-        target = self.path / "manifest.json"
-        target.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-        return target
+        })
+
+
+def save_manifest(path: Path, stage: str, extra: dict[str, Any]) -> Path:
+    """`manifest.json` in `path`: the stage, when, the command, git state, versions, device, then `extra`."""
+    manifest = {
+        "stage": stage,
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "git": git_state(),
+        "python": platform.python_version(),
+        "versions": package_versions(),
+        "device": device_description(),
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),
+        **extra,
+    }
+    target = path / "manifest.json"
+    target.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    return target
 
 
 def package_versions() -> dict[str, str]:

@@ -78,3 +78,22 @@ def tiny_sft_config(tmp_path: Path, **sections) -> dict:
         else:
             config[name] = values
     return config
+
+
+def train_tiny_outputs(root: Path) -> dict[str, Path]:
+    """Output directories as the SFT stage writes them: a full model `base` (a few steps from random init) and
+    `lora` / `dora` adapters trained on it."""
+    from self_model.config import load_config_file
+    from self_model.fine_tuning.train_finetune import STAGE, train
+
+    outputs = {name: root / name for name in ("base", "lora", "dora")}
+    steps = {"max_steps": 3, "learning_rate": 1e-2}
+    data = {"train_file": f"{SFT_TRAIN}#24", "eval_file": None}
+    config = tiny_sft_config(root, data=data, training_args={"output_dir": str(outputs["base"]), **steps})
+    train(load_config_file(STAGE, write_yaml(root / "base.yaml", config)))
+    for method in ("lora", "dora"):
+        config = tiny_sft_config(root, model_name_or_path=str(outputs["base"]), model={"init_from_config": None},
+                                 peft={"enabled": True, "method": method}, data=data,
+                                 training_args={"output_dir": str(outputs[method]), **steps})
+        train(load_config_file(STAGE, write_yaml(root / f"{method}.yaml", config)))
+    return outputs

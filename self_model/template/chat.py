@@ -74,6 +74,7 @@ class ChatTemplate:
         unknown = sorted(set(data) - valid)
         if unknown:
             raise ConfigError([f"{key}: unknown template field (valid: {', '.join(sorted(valid))})" for key in unknown], str(path))
+        data = {key: value for key, value in data.items() if value is not None}  # null: the field's default
         data.setdefault("name", path.stem)
         lists = ("stop", "special_tokens")
         bad_types = [k for k, v in data.items() if k not in (*lists, "append_eos", "default_system") and not isinstance(v, str)]
