@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from self_model.config import RunConfig
@@ -23,17 +25,33 @@ def not_available(kind: str, name: str, err: Exception) -> UserError:
 
 def load_tokenizer(cfg: RunConfig):
     """The tokenizer, with a pad token that is never the EOS token (so padding can never hide a real EOS)."""
-    from transformers import AutoTokenizer
-
     name = cfg.tokenizer_name_or_path or cfg.model_name_or_path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer = load_saved_tokenizer(name, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as err:
         raise not_available("tokenizer", name, err) from None
     if not tokenizer.is_fast:
         raise UserError(f"tokenizer {name!r} is not a fast tokenizer; label masking needs character offsets")
     set_distinct_pad_token(tokenizer)
     return tokenizer
+
+
+def load_saved_tokenizer(name: str, **kwargs):
+    """A tokenizer loaded as the class it was saved from. A directory saved from a plain `tokenizer.json` records
+    `TokenizersBackend`, but next to a model's config.json transformers 5 swaps in the model family's class (e.g.
+    Qwen2Tokenizer, which rebuilds the pre-tokenizer and splits numbers into digits), so a trained model would be
+    reloaded with another tokenization."""
+    from transformers import AutoTokenizer, TokenizersBackend
+
+    config_file = Path(name) / "tokenizer_config.json"
+    if config_file.is_file():
+        try:
+            saved_class = json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class")
+        except json.JSONDecodeError as err:
+            raise UserError(f"{config_file}: not valid JSON ({err})") from None
+        if saved_class == "TokenizersBackend":
+            return TokenizersBackend.from_pretrained(name, **kwargs)
+    return AutoTokenizer.from_pretrained(name, **kwargs)
 
 
 def set_distinct_pad_token(tokenizer) -> None:

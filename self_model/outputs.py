@@ -90,15 +90,13 @@ class OutputDir:
 
     def load_tokenizer(self):
         """The tokenizer saved with the run (an adapter's own, else its base's); pad falls back to EOS."""
-        from transformers import AutoTokenizer
-
-        from self_model.modeling import not_available
+        from self_model.modeling import load_saved_tokenizer, not_available
 
         source = self.path
         if self.base and not (Path(self.path) / "tokenizer_config.json").is_file():
             source = self.base
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = load_saved_tokenizer(source)
         except (OSError, ValueError) as err:
             raise not_available("tokenizer", source, err) from None
         if tokenizer.pad_token is None:
