@@ -17,7 +17,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_outputs(tmp_path_factory):
-    """A full SFT output of the tiny model and LoRA / DoRA adapters on it, trained once per session."""
+    """A tiny base model directory and LoRA / DoRA adapter outputs trained on it, made once per session."""
     from tests.helpers import train_tiny_outputs
 
     return train_tiny_outputs(tmp_path_factory.mktemp("tiny_outputs"))

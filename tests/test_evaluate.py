@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -14,25 +13,9 @@ import torch
 from self_model.evaluate import AccuracyTask, PerplexityTask, accuracy, main, perplexity
 from self_model.generation import Sampling, open_engine
 from self_model.outputs import OutputDir
-from tests.helpers import REPO, SFT_EVAL, TINY_MODEL_CONFIG, TINY_TOKENIZER, write_jsonl, write_yaml
+from tests.helpers import REPO, SFT_EVAL, write_jsonl, write_yaml
 
 EXACT_REWARD = "def exact(completion, ground_truth, data_source, extra_info):\n    return float(completion == ground_truth)\n"
-
-
-@pytest.fixture(scope="module")
-def random_model(tmp_path_factory):
-    """A random-init tiny model directory with no template of its own; untied, wide weights make its greedy replies
-    long and varied (tied small ones repeat the last token)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, set_seed
-
-    path = tmp_path_factory.mktemp("random_model")
-    set_seed(0)
-    config = AutoConfig.from_pretrained(TINY_MODEL_CONFIG, tie_word_embeddings=False, initializer_range=0.2)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    for item in TINY_TOKENIZER.iterdir():
-        if item.name != "chat_template.jinja":
-            shutil.copy(item, path / item.name)
-    return path
 
 
 def test_chat_perplexity_is_the_loss_on_trained_tokens(tiny_outputs):
@@ -60,8 +43,8 @@ def test_chat_perplexity_is_the_loss_on_trained_tokens(tiny_outputs):
     assert result["perplexity"] == pytest.approx(math.exp(total / tokens), rel=1e-5)
 
 
-def test_accuracy_scores_completions_with_the_reward(random_model, tmp_path):
-    engine = open_engine(OutputDir.open(str(random_model)), template="qwen2_chatml", batch_size=4)
+def test_accuracy_scores_completions_with_the_reward(tiny_outputs, tmp_path):
+    engine = open_engine(OutputDir.open(str(tiny_outputs["base"])), template="qwen2_chatml", batch_size=4)
     questions = [f"What is {a} + {a}?" for a in range(6)]
     greedy = engine.generate([engine.prompt_ids([{"role": "user", "content": q}]) for q in questions],
                              Sampling(max_new_tokens=6))
@@ -81,7 +64,8 @@ def test_accuracy_scores_completions_with_the_reward(random_model, tmp_path):
 
 
 def test_side_by_side_table_and_eval_json(tiny_outputs, tmp_path, capsys):
-    suite = write_yaml(tmp_path / "suite.yaml", {"base": str(REPO / "config/eval/tiny.yaml"), "batch_size": 8})
+    # the base model has no chat template of its own: the suite's `template` serves it
+    suite = write_yaml(tmp_path / "suite.yaml", {"base": str(REPO / "config/eval/tiny.yaml"), "template": "qwen2_chatml"})
     models = [str(tiny_outputs["base"]), str(tiny_outputs["lora"])]
     argv = ["--config", str(suite), "--output_dir", str(tmp_path / "eval"), "tasks.arithmetic.file=" +
             str(REPO / "examples/tiny/data/rl_prompts.jsonl#8"), "tasks.chat_perplexity.file=" + f"{SFT_EVAL}#8"]
@@ -127,11 +111,11 @@ def test_bad_model_and_prompt_file(tiny_outputs, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-def test_lm_eval_task_from_local_files(random_model, tmp_path):
+def test_lm_eval_task_from_local_files(tiny_outputs):
     pytest.importorskip("lm_eval")
     from self_model.evaluate import LmEvalTask, lm_eval_task
 
-    engine = open_engine(OutputDir.open(str(random_model)), template="qwen2_chatml", chat=False)
+    engine = open_engine(OutputDir.open(str(tiny_outputs["base"])), chat=False)
     task = LmEvalTask(tasks=["tiny_facts"], include_path=str(REPO / "config/eval/lm_eval_tasks"), limit=8)
     result = lm_eval_task(engine, task, batch_size=4)
     # lm-eval's accuracy equals the share of questions whose gold choice our own scoring ranks first
