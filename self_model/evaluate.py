@@ -260,9 +260,10 @@ def evaluate(models: list[str], cfg: EvalConfig) -> dict[str, dict[str, dict[str
     from self_model.generation import open_engine
 
     outputs = {name: OutputDir.open(name) for name in models}  # every model checked before the first loads
+    chat = any(isinstance(t, AccuracyTask) or (isinstance(t, PerplexityTask) and t.format != "text")
+               or (isinstance(t, LmEvalTask) and t.apply_chat_template) for t in cfg.parsed.values())
     results = {}
     for name, output in outputs.items():
-        chat = any(not (isinstance(t, PerplexityTask) and t.format == "text") for t in cfg.parsed.values())
         engine = open_engine(output, cfg.backend, cfg.template, cfg.dtype, cfg.batch_size, chat=chat, seed=cfg.seed,
                              max_model_len=cfg.max_model_len)
         results[name] = {}

@@ -80,16 +80,17 @@ def tiny_sft_config(tmp_path: Path, **sections) -> dict:
     return config
 
 
-def random_model_dir(path: Path) -> Path:
-    """A random-init tiny model directory with the tiny tokenizer and no chat template of its own; untied, wide
-    weights make its greedy replies long and varied (tied small ones repeat the last token)."""
+def random_model_dir(path: Path, **config) -> Path:
+    """A random-init tiny model directory (`config` changes the tiny config) with the tiny tokenizer and no chat
+    template of its own; untied, wide weights make its greedy replies long and varied (tied small ones repeat the
+    last token)."""
     import shutil
 
     from transformers import AutoConfig, AutoModelForCausalLM, set_seed
 
     set_seed(0)
-    config = AutoConfig.from_pretrained(TINY_MODEL_CONFIG, tie_word_embeddings=False, initializer_range=0.2)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    settings = {"tie_word_embeddings": False, "initializer_range": 0.2, **config}
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY_MODEL_CONFIG, **settings)).save_pretrained(path)
     for item in TINY_TOKENIZER.iterdir():
         if item.name != "chat_template.jinja":
             shutil.copy(item, path / item.name)

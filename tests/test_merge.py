@@ -39,9 +39,9 @@ def test_merged_logits_equal_base_plus_adapter(tiny_outputs, tmp_path, method):
     tokenizer = AutoTokenizer.from_pretrained(merged)
     expected = logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval(), tokenizer)
     actual = logits(AutoModelForCausalLM.from_pretrained(merged).eval(), tokenizer)
-    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)  # float32 rounding of W + BA on wide logits
     base_only = logits(AutoModelForCausalLM.from_pretrained(base).eval(), tokenizer)
-    assert (actual - base_only).abs().max() > 1e-3  # the adapter changed the model, so equality above means something
+    assert (actual - base_only).abs().max() > 1e-2  # the adapter changed the model, so equality above means something
 
     assert not (merged / "adapter_config.json").exists()
     assert json.loads((merged / "template.json").read_text())["name"] == "qwen2_chatml"

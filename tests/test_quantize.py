@@ -4,12 +4,11 @@ the same perplexity and fewer bytes; adapters, quantized inputs and missing cali
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 from self_model.quantize import main as quantize_main
-from tests.helpers import SFT_EVAL, TINY_MODEL_CONFIG, TINY_TOKENIZER
+from tests.helpers import SFT_EVAL, random_model_dir
 
 pytest.importorskip("auto_round")
 
@@ -17,16 +16,7 @@ pytest.importorskip("auto_round")
 @pytest.fixture(scope="module")
 def model_128(tmp_path_factory):
     """A random tiny model 128 wide (AutoRound's int4 groups are 128 columns)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, set_seed
-
-    path = tmp_path_factory.mktemp("quantize") / "model"
-    set_seed(0)
-    config = AutoConfig.from_pretrained(TINY_MODEL_CONFIG, hidden_size=128, intermediate_size=256, tie_word_embeddings=False)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    for item in TINY_TOKENIZER.iterdir():
-        if item.name != "chat_template.jinja":
-            shutil.copy(item, path / item.name)
-    return path
+    return random_model_dir(tmp_path_factory.mktemp("quantize") / "model", hidden_size=128, intermediate_size=256)
 
 
 def text_perplexity(model_dir) -> float:
