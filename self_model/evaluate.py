@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import math
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from self_model.generation import BACKENDS, Sampling
 from self_model.outputs import DTYPES, OutputDir
 
 CHAT_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "input_output")
+LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 @dataclass
@@ -54,7 +56,7 @@ class AccuracyTask:
                          "math_accuracy")
     correct_at: float = option("A completion counts as correct when its reward is at least this.", 1.0)
     samples: int = option("Completions per prompt: 1 is greedy pass@1; k > 1 samples and reports pass@1, pass@k "
-                          "and maj@k (majority vote over the final answers).", 1)
+                          "and maj@k (majority vote over the completions' last numbers).", 1)
     temperature: float = option("Sampling temperature when samples > 1.", 0.7)
     top_p: float = option("Nucleus sampling when samples > 1.", 1.0)
     max_new_tokens: int = option("Longest completion, in tokens.", 256)
@@ -194,7 +196,7 @@ def accuracy(engine, task: AccuracyTask, seed: int) -> dict[str, float]:
     """Greedy: accuracy (= pass@1) and mean reward. Sampled: pass@1 (mean over samples), pass@k, maj@k."""
     from self_model.data.rl import RLDataArgs, row_to_prompt
     from self_model.data.sources import BadRow, BadRowLog, read_source
-    from self_model.rlhf.rewards import call_reward, extract_answer, resolve
+    from self_model.rlhf.rewards import call_reward, resolve
 
     bad = BadRowLog(task.bad_rows, fix_hint="set bad_rows: skip in the task")
     data = RLDataArgs(prompt_suffix=task.prompt_suffix, data_source=task.data_source or "eval")
@@ -210,12 +212,14 @@ def accuracy(engine, task: AccuracyTask, seed: int) -> dict[str, float]:
     completions = engine.generate([engine.prompt_ids(r["prompt"]) for r in records], sampling)
     rewards, first_correct, any_correct, majority_correct, lengths = [], [], [], [], []
     for record, choices in zip(records, completions):
-        values = [call_reward(fn, c.text, record["ground_truth"], record["data_source"], {}) for c in choices]
+        # `truncated`: the extra_info key the RL backends set for an answer that hit the length limit
+        values = [call_reward(fn, c.text, record["ground_truth"], record["data_source"], {"truncated": not c.finished})
+                  for c in choices]
         correct = [v >= task.correct_at for v in values]
         rewards += values
         first_correct.append(sum(correct) / k)
         any_correct.append(any(correct))
-        answers = [extract_answer(c.text) or c.text.strip() for c in choices]
+        answers = [vote_key(c.text) for c in choices]
         majority_correct.append(correct[answers.index(Counter(answers).most_common(1)[0][0])])
         lengths += [c.completion_tokens for c in choices]
     n = len(records)
@@ -225,6 +229,13 @@ def accuracy(engine, task: AccuracyTask, seed: int) -> dict[str, float]:
         return {"accuracy": sum(first_correct) / n, **metrics}
     return {"pass@1": sum(first_correct) / n, f"pass@{k}": sum(any_correct) / n, f"maj@{k}": sum(majority_correct) / n,
             **metrics}
+
+
+def vote_key(completion: str) -> str:
+    """What maj@k votes on: the completion's last number (commas dropped), else its whole text. Only the vote uses
+    it; the winning completion is scored by the task's reward function."""
+    numbers = LAST_NUMBER.findall(completion)
+    return numbers[-1].replace(",", "") if numbers else completion.strip()
 
 
 def lm_eval_task(engine, task: LmEvalTask, batch_size: int) -> dict[str, float]:

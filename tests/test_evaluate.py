@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from self_model.evaluate import AccuracyTask, PerplexityTask, accuracy, main, perplexity
-from self_model.generation import Sampling, open_engine
+from self_model.generation import Completion, Sampling, open_engine
 from self_model.outputs import OutputDir
 from tests.helpers import REPO, SFT_EVAL, write_jsonl, write_yaml
 
@@ -61,6 +61,29 @@ def test_accuracy_scores_completions_with_the_reward(tiny_outputs, tmp_path):
     sampled = AccuracyTask(file=task.file, reward=task.reward, max_new_tokens=6, samples=4, temperature=1e-4)
     result = accuracy(engine, sampled, seed=0)  # near-zero temperature: every sample is the greedy reply
     assert result["pass@1"] == result["pass@4"] == result["maj@4"] == 0.5
+
+
+class ScriptedEngine:
+    """Replies fixed per prompt, to check the sampled metrics by hand."""
+
+    def __init__(self, replies: list[list[str]]):
+        self.replies = replies
+
+    def prompt_ids(self, messages):
+        return [0]
+
+    def generate(self, prompts, sampling):
+        assert sampling.n == 3 and sampling.temperature == 0.7
+        return [[Completion(text, 1, 1, True) for text in replies] for replies in self.replies]
+
+
+def test_pass_at_k_and_majority_vote(tmp_path):
+    rows = [{"prompt": "2 + 2?", "ground_truth": "4"}, {"prompt": "3 * 3?", "ground_truth": "9"}]
+    task = AccuracyTask(file=str(write_jsonl(tmp_path / "p.jsonl", rows)), samples=3, temperature=0.7)
+    engine = ScriptedEngine([["#### 4", "#### 5", "so #### 5"], ["#### 9", "it is #### 9", "#### 1"]])
+    result = accuracy(engine, task, seed=0)
+    assert result["pass@1"] == pytest.approx(0.5)  # (1/3 + 2/3) / 2
+    assert result["pass@3"] == 1.0 and result["maj@3"] == 0.5  # the first prompt's majority (5) is wrong
 
 
 def test_side_by_side_table_and_eval_json(tiny_outputs, tmp_path, capsys):
