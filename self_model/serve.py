@@ -12,7 +12,6 @@ import errno
 import json
 import os
 import shlex
-import shutil
 import socket
 import sys
 from pathlib import Path
@@ -50,14 +49,25 @@ def check_port(host: str, port: int) -> None:
             raise UserError(f"cannot listen on {host}:{port} ({err.strerror}); check --host and --port") from None
 
 
-def executable(name: str) -> str:
-    """The path of a console script of this environment (next to the running Python), else from PATH."""
-    local = Path(sys.executable).parent / name
-    found = str(local) if local.is_file() else shutil.which(name)
-    if not found:
-        extra = "serve" if name == "transformers" else "gpu"
-        raise UserError(f"`{name}` is not installed here: install the {extra} extra (`uv sync --extra {extra}`)")
-    return found
+SERVERS = {  # backend -> (module run with this Python, packages it needs, the extra that installs them)
+    "transformers": ("transformers.cli.transformers", ("fastapi", "uvicorn", "openai"), "serve"),
+    "vllm": ("vllm.entrypoints.cli.main", ("vllm",), "gpu"),
+}
+
+
+def server(backend: str) -> list[str]:
+    """The server's command line start: this environment's Python running the library's own CLI module."""
+    return [sys.executable, "-m", SERVERS[backend][0], "serve"]
+
+
+def check_installed(backend: str) -> None:
+    import importlib.util
+
+    _, packages, extra = SERVERS[backend]
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"--backend {backend} needs {', '.join(missing)}: install the {extra} extra "
+                        f"(`uv sync --extra {extra}`)")
 
 
 def transformers_command(output: OutputDir, args) -> list[str]:
@@ -66,11 +76,7 @@ def transformers_command(output: OutputDir, args) -> list[str]:
     if output.is_adapter:
         raise UserError(f"{output.path} is an adapter; `transformers serve` loads full models: merge it first "
                         f"(self-model-merge --adapter {output.path} --output_dir DIR) or use --backend vllm")
-    import importlib.util
-
-    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
-        raise UserError("`transformers serve` needs FastAPI and uvicorn: install the serve extra (`uv sync --extra serve`)")
-    return ["transformers", "serve", output.path, "--host", args.host, "--port", str(args.port),
+    return [*server("transformers"), output.path, "--host", args.host, "--port", str(args.port),
             "--dtype", args.dtype if args.dtype == "auto" else DTYPES[args.dtype]]
 
 
@@ -78,7 +84,7 @@ def vllm_command(output: OutputDir, args) -> list[str]:
     """`vllm serve` with the run's tokenizer, chat template and generation config; an adapter as a LoRA module."""
     path = Path(output.path)
     name = args.name or output.name
-    command = ["vllm", "serve", output.base or output.path, "--host", args.host, "--port", str(args.port),
+    command = [*server("vllm"), output.base or output.path, "--host", args.host, "--port", str(args.port),
                "--tokenizer", output.path, "--dtype", DTYPES[args.dtype]]
     if (path / "chat_template.jinja").is_file():
         command += ["--chat-template", str(path / "chat_template.jinja")]
@@ -102,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     print(shlex.join(command), flush=True)
     if args.print_command:
         return 0
+    check_installed(args.backend)
     check_port(args.host, args.port)
     model_name = output.path if args.backend == "transformers" else (args.name or output.name)
     print(f"serving at http://{args.host}:{args.port}/v1 as model {model_name!r}", flush=True)
-    os.execv(executable(command[0]), command)
+    os.execv(sys.executable, command)
     return 0  # not reached: the server replaced this process
 
 

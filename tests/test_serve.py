@@ -88,7 +88,7 @@ def test_adapter_and_vllm_command(tiny_outputs, capsys):
     assert serve_main(["--model", adapter, "--backend", "vllm", "--port", "9001", "--print_command", "--",
                        "--max-model-len", "512"]) == 0
     command = shlex.split(capsys.readouterr().out.splitlines()[0])
-    assert command[:3] == ["vllm", "serve", str(tiny_outputs["base"])]
-    flags = dict(zip(command[3::2], command[4::2]))
+    assert command[:5] == [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(tiny_outputs["base"])]
+    flags = dict(zip(command[5::2], command[6::2]))
     assert flags["--tokenizer"] == adapter and flags["--chat-template"] == f"{adapter}/chat_template.jinja"
     assert "--enable-lora" in command and f"lora={adapter}" in command and command[-2:] == ["--max-model-len", "512"]
