@@ -103,7 +103,7 @@ def train_tiny_outputs(root: Path) -> dict[str, Path]:
     from self_model.fine_tuning.train_finetune import STAGE, train
 
     outputs = {"base": random_model_dir(root / "base"), "lora": root / "lora", "dora": root / "dora"}
-    data = {"train_file": f"{SFT_TRAIN}#24", "eval_file": None}
+    data = {"train_file": f"{SFT_TRAIN}#16", "eval_file": None, "max_length": 64}
     for method in ("lora", "dora"):
         config = tiny_sft_config(root, model_name_or_path=str(outputs["base"]), model={"init_from_config": None},
                                  peft={"enabled": True, "method": method}, data=data,

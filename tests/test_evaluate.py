@@ -90,8 +90,9 @@ def test_side_by_side_table_and_eval_json(tiny_outputs, tmp_path, capsys):
     # the base model has no chat template of its own: the suite's `template` serves it
     suite = write_yaml(tmp_path / "suite.yaml", {"base": str(REPO / "config/eval/tiny.yaml"), "template": "qwen2_chatml"})
     models = [str(tiny_outputs["base"]), str(tiny_outputs["lora"])]
-    argv = ["--config", str(suite), "--output_dir", str(tmp_path / "eval"), "tasks.arithmetic.file=" +
-            str(REPO / "examples/tiny/data/rl_prompts.jsonl#8"), "tasks.chat_perplexity.file=" + f"{SFT_EVAL}#8"]
+    argv = ["--config", str(suite), "--output_dir", str(tmp_path / "eval"), "tasks.arithmetic.max_new_tokens=8",
+            "tasks.arithmetic.file=" + str(REPO / "examples/tiny/data/rl_prompts.jsonl#8"),
+            "tasks.chat_perplexity.file=" + f"{SFT_EVAL}#8"]
     assert main([*[a for m in models for a in ("--model", m)], *argv]) == 0
     record = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert list(record["results"]) == models

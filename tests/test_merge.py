@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from self_model.merge_lora import main as merge_main
-from tests.helpers import tiny_sft_config, write_yaml
+from tests.helpers import SFT_TRAIN, tiny_sft_config, write_yaml
 
 PROBE = ["<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n", "计算 12 加 7。"]
 
@@ -58,7 +58,8 @@ def test_merged_model_is_a_stage_starting_point(tiny_outputs, tmp_path):
     merged = tmp_path / "merged"
     merge_main(["--adapter", str(tiny_outputs["lora"]), "--output_dir", str(merged), "--dtype", "fp32"])
     config = tiny_sft_config(tmp_path, model_name_or_path=str(merged), tokenizer_name_or_path=None,
-                             model={"init_from_config": None}, data={"eval_file": None}, training_args={"max_steps": 1})
+                             model={"init_from_config": None}, data={"train_file": f"{SFT_TRAIN}#8", "eval_file": None},
+                             training_args={"max_steps": 1})
     train(load_config_file(STAGE, write_yaml(tmp_path / "sft.yaml", config)))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["model_name_or_path"] == str(merged) and manifest["metrics"]["train_loss"] > 0
