@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from self_model.config import RunConfig
@@ -13,7 +15,7 @@ from self_model.errors import UserError
 logger = logging.getLogger(__name__)
 
 
-def _not_available(kind: str, name: str, err: Exception) -> UserError:
+def not_available(kind: str, name: str, err: Exception) -> UserError:
     first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     return UserError(
         f"{kind} {name!r} is not available locally (not a directory, not in the Hugging Face cache) and could not "
@@ -23,17 +25,33 @@ def _not_available(kind: str, name: str, err: Exception) -> UserError:
 
 def load_tokenizer(cfg: RunConfig):
     """The tokenizer, with a pad token that is never the EOS token (so padding can never hide a real EOS)."""
-    from transformers import AutoTokenizer
-
     name = cfg.tokenizer_name_or_path or cfg.model_name_or_path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer = load_saved_tokenizer(name, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as err:
-        raise _not_available("tokenizer", name, err) from None
+        raise not_available("tokenizer", name, err) from None
     if not tokenizer.is_fast:
         raise UserError(f"tokenizer {name!r} is not a fast tokenizer; label masking needs character offsets")
     set_distinct_pad_token(tokenizer)
     return tokenizer
+
+
+def load_saved_tokenizer(name: str, **kwargs):
+    """A tokenizer loaded as the class it was saved from. A directory saved from a plain `tokenizer.json` records
+    `TokenizersBackend`, but next to a model's config.json transformers 5 swaps in the model family's class (e.g.
+    Qwen2Tokenizer, which rebuilds the pre-tokenizer and splits numbers into digits), so a trained model would be
+    reloaded with another tokenization."""
+    from transformers import AutoTokenizer, TokenizersBackend
+
+    config_file = Path(name) / "tokenizer_config.json"
+    if config_file.is_file():
+        try:
+            saved_class = json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class")
+        except json.JSONDecodeError as err:
+            raise UserError(f"{config_file}: not valid JSON ({err})") from None
+        if saved_class == "TokenizersBackend":
+            return TokenizersBackend.from_pretrained(name, **kwargs)
+    return AutoTokenizer.from_pretrained(name, **kwargs)
 
 
 def set_distinct_pad_token(tokenizer) -> None:
@@ -169,12 +187,17 @@ def load_model(cfg: RunConfig, tokenizer, training_args, model_class=None, packe
         raise UserError(f"{type(model).__name__} does not read document boundaries from position_ids in its attention, "
                         "so packed documents would see each other: set data.packing: false (SFT) or "
                         "data.isolate_documents: false (CPT)")
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    fit_embeddings(model, tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
     # Training needs no KV cache; with one, transformers also stops reading packed position_ids for SDPA masks.
     model.config.use_cache = False
     return model
+
+
+def fit_embeddings(model, tokenizer) -> None:
+    """Grow the embeddings to the tokenizer (to a multiple of 64); the merge repeats this before loading adapters."""
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
 
 
 def _build(cfg: RunConfig, model_class, dtype, training_args, kwargs: dict, config_kwargs: dict):
@@ -190,7 +213,7 @@ def _build(cfg: RunConfig, model_class, dtype, training_args, kwargs: dict, conf
         try:
             model = model_class.from_pretrained(cfg.model_name_or_path, dtype=dtype, **kwargs, **config_kwargs)
         except OSError as err:
-            raise _not_available("model", cfg.model_name_or_path, err) from None
+            raise not_available("model", cfg.model_name_or_path, err) from None
     return model
 
 
@@ -213,12 +236,17 @@ def pretrained_kwargs(cfg: RunConfig, training_args) -> dict[str, Any]:
             "attn_implementation": attention_for(cfg, packed=False), **quantization(cfg, training_args)}
 
 
-def set_stop_tokens(model, tokenizer, stop_words: list[str]) -> None:
-    """Make generation stop at the template's end-of-turn tokens (saved in generation_config.json)."""
+def stop_token_ids(tokenizer, stop_words: list[str]) -> list[int]:
+    """The ids of the stop words that are single tokens, and EOS."""
     ids = [tokenizer.convert_tokens_to_ids(w) for w in stop_words if w in tokenizer.get_vocab()]
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
-    ids = list(dict.fromkeys(ids))
+    return list(dict.fromkeys(ids))
+
+
+def set_stop_tokens(model, tokenizer, stop_words: list[str]) -> None:
+    """Make generation stop at the template's end-of-turn tokens (saved in generation_config.json)."""
+    ids = stop_token_ids(tokenizer, stop_words)
     if ids and getattr(model, "generation_config", None) is not None:
         model.generation_config.eos_token_id = ids if len(ids) > 1 else ids[0]
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -105,24 +105,14 @@ class RunDir:
         return target
 
     def write_manifest(self, cfg: RunConfig, stage: str, extra: dict[str, Any]) -> Path:
-        manifest = {
-            "stage": stage,
-            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        start = cfg.model_name_or_path
+        return save_manifest(self.path, stage, {
             "config_file": cfg.source,
-            "git": git_state(),
-            "python": platform.python_version(),
-            "versions": package_versions(),
-            "device": device_description(),
-            "processes": int(os.environ.get("WORLD_SIZE", "1")),
+            # the starting model (an adapter's base), absolute when local: merge and inference find it from here
+            "model_name_or_path": str(Path(start).resolve()) if start and Path(start).exists() else start,
             **({"memory_plan": self.memory_plan} if self.memory_plan else {}),
             **extra,
-        }
-        target = self.path / "manifest.json"
-        staged = target.with_name(f"{target.name}.tmp")
-        staged.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-        staged.replace(target)
-        return target
+        })
 
     @property
     def staging(self) -> Path:
@@ -133,6 +123,27 @@ class RunDir:
         """Move the staged final files into output_dir, manifest.json last, and give up the lock (rank 0)."""
         publish_staged(self.path)
         release_lock(self.path / LOCK_FILE)
+
+
+def save_manifest(path: Path, stage: str, extra: dict[str, Any]) -> Path:
+    """`manifest.json` in `path` (written whole, then renamed): the stage, when, the command, git state, versions,
+    device, then `extra`."""
+    manifest = {
+        "stage": stage,
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "git": git_state(),
+        "python": platform.python_version(),
+        "versions": package_versions(),
+        "device": device_description(),
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),
+        **extra,
+    }
+    target = path / "manifest.json"
+    staged = target.with_name(f"{target.name}.tmp")
+    staged.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    staged.replace(target)
+    return target
 
 
 def numbered_output_dir(output_dir: str, resume: bool) -> Path:

@@ -78,3 +78,36 @@ def tiny_sft_config(tmp_path: Path, **sections) -> dict:
         else:
             config[name] = values
     return config
+
+
+def random_model_dir(path: Path, **config) -> Path:
+    """A random-init tiny model directory (`config` changes the tiny config) with the tiny tokenizer and no chat
+    template of its own; untied, wide weights make its greedy replies long and varied (tied small ones repeat the
+    last token)."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM, set_seed
+
+    set_seed(0)
+    settings = {"tie_word_embeddings": False, "initializer_range": 0.2, **config}
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY_MODEL_CONFIG, **settings)).save_pretrained(path)
+    for item in TINY_TOKENIZER.iterdir():
+        if item.name != "chat_template.jinja":
+            shutil.copy(item, path / item.name)
+    return path
+
+
+def train_tiny_outputs(root: Path) -> dict[str, Path]:
+    """A `base` model directory (random_model_dir) and `lora` / `dora` adapter outputs the SFT stage trained on it."""
+    from self_model.config import load_config_file
+    from self_model.fine_tuning.train_finetune import STAGE, train
+
+    outputs = {"base": random_model_dir(root / "base"), "lora": root / "lora", "dora": root / "dora"}
+    data = {"train_file": f"{SFT_TRAIN}#16", "eval_file": None, "max_length": 64}
+    for method in ("lora", "dora"):
+        config = tiny_sft_config(root, model_name_or_path=str(outputs["base"]), model={"init_from_config": None},
+                                 peft={"enabled": True, "method": method}, data=data,
+                                 training_args={"output_dir": str(outputs[method]), "max_steps": 3,
+                                                "learning_rate": 1e-2})
+        train(load_config_file(STAGE, write_yaml(root / f"{method}.yaml", config)))
+    return outputs

@@ -15,6 +15,7 @@ from data_process.settings import load_process_settings
 from self_model.config import StageSpec, import_class, load_config_file, training_arg_types
 from self_model.distill.train_gkd import STAGE as GKD_STAGE
 from self_model.errors import ConfigError
+from self_model.evaluate import load_eval_config
 from self_model.fine_tuning.train_embedding import STAGE as EMBEDDING_STAGE
 from self_model.fine_tuning.train_finetune import STAGE as SFT_STAGE
 from self_model.fine_tuning.train_seq_cls import STAGE as SEQ_CLS_STAGE
@@ -51,6 +52,8 @@ def test_every_shipped_config_loads():
             if rel.parts[1] in ("self_model_config", "examples") and rel.parts[2:3] not in (("deepspeed",), ("accelerate",)):
                 # Files named in shipped configs (e.g. data_process outputs) need not exist yet.
                 load_config_file(stage_for(path), path, check_files=rel.parts[1] == "examples")
+            elif rel.parts[1] == "eval" and rel.parts[2] != "lm_eval_tasks":
+                load_eval_config(str(path), check_files=False)  # e.g. GSM8K, fetched by the user first
             elif rel.parts[1] == "data_config":
                 load_process_settings(str(path), check_files=False)  # inputs are what fetch_dataset.py writes
             elif rel.parts[1] == "trace_config":

@@ -82,6 +82,7 @@ class ChatTemplate:
         unknown = sorted(set(data) - valid)
         if unknown:
             raise ConfigError([f"{key}: unknown template field (valid: {', '.join(sorted(valid))})" for key in unknown], str(path))
+        data = {key: value for key, value in data.items() if value is not None}  # null: the field's default
         data.setdefault("name", path.stem)
         lists, flags, nullable = ("stop", "special_tokens"), ("append_eos", "trim_content"), ("default_system", "date_string")
         problems = [f"{k}: expected a string" for k, v in data.items()
