@@ -41,10 +41,12 @@ class RunDir:
     memory_plan: dict | None = None  # the estimate the stage printed before training (memory.MemoryPlan.summary)
 
     @classmethod
-    def prepare(cls, cfg: RunConfig, dry_run: bool = False) -> RunDir:
-        """Apply the output_dir policy: an existing non-empty directory needs `resume` or `overwrite`."""
+    def prepare(cls, cfg: RunConfig, dry_run: bool = False, last_checkpoint=None) -> RunDir:
+        """Apply the output_dir policy: an existing non-empty directory needs `resume` or `overwrite`.
+        `last_checkpoint(path)` finds what `resume: true` continues from (default: the newest checkpoint-*)."""
         from transformers.trainer_utils import get_last_checkpoint
 
+        find = last_checkpoint or get_last_checkpoint
         path = Path(cfg.output_dir)
         existing = [p.name for p in path.iterdir()] if path.is_dir() else []
         occupied = [name for name in existing if name not in DRY_RUN_FILES]
@@ -56,9 +58,10 @@ class RunDir:
                 raise UserError(f"resume: checkpoint {cfg.resume} not found")
             run.resume_checkpoint = cfg.resume
         elif cfg.resume:
-            last = get_last_checkpoint(str(path)) if path.is_dir() else None
+            last = find(path) if path.is_dir() else None
             if last is None:
-                raise UserError(f"resume: no checkpoint-* directory in {path} to resume from")
+                raise UserError(f"resume: no {'checkpoint-* directory' if last_checkpoint is None else 'checkpoint'} "
+                                f"in {path} to resume from")
             run.resume_checkpoint = last
         elif occupied and not cfg.overwrite and not dry_run:
             raise UserError(
