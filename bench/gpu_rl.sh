@@ -10,6 +10,9 @@ python3 -c "import json; c = json.load(open('examples/tiny/model_config.json'));
 intermediate_size=704, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, dtype='bfloat16'); \
 json.dump(c, open('$RUNS/model/config.json', 'w'))"
 DATA=../.gpu-data/gsm8k
+# the bundle installs without bytecode: compile the big packages while the first run starts Ray (vLLM's server
+# start-up otherwise spends minutes compiling its imports)
+[ -d /tmp/site/vllm ] && (python3 -m compileall -q -j 12 /tmp/site/vllm /tmp/site/verl /tmp/site/transformers /tmp/site/ray > /dev/null 2>&1 &)
 COMMON=(model_name_or_path=null model.init_from_config=$RUNS/model/config.json tokenizer_name_or_path=examples/tiny/tokenizer
   "data.train_file=$DATA/train.jsonl#512" data.eval_file=null rl.prompts_per_step=16 rl.actor.ppo_mini_batch_size=8
   rl.actor.ppo_micro_batch_size_per_gpu=8 rl.rollout.max_response_length=64 rl.rollout.enforce_eager=true
@@ -25,8 +28,8 @@ stage() {  # name, seconds, command...: run one stage with a time limit, log to 
 
 for part in "$@"; do case "$part" in
 ppo)  # PPO with a critic from the shipped ppo.yaml; critic exported too
-  stage ppo 170 python3 self_model/rlhf/train_ppo.py --config config/self_model_config/ppo.yaml "${COMMON[@]}" \
-    rl.total_steps=3 rl.critic.ppo_micro_batch_size_per_gpu=8 rl.critic.export=true training_args.output_dir=$RUNS/ppo overwrite=true
+  stage ppo ${PPO_LIMIT:-300} python3 self_model/rlhf/train_ppo.py --config config/self_model_config/ppo.yaml "${COMMON[@]}" \
+    rl.total_steps=${PPO_STEPS:-3} rl.critic.ppo_micro_batch_size_per_gpu=8 rl.critic.export=true training_args.output_dir=$RUNS/ppo overwrite=true
   ls $RUNS/ppo/hf_model $RUNS/ppo/critic_model >> "$OUT/summary.txt" 2>&1 ;;
 lora)  # LoRA actor; the exported adapter loaded with PEFT on the base
   stage lora 170 "${GRPO[@]}" rl.total_steps=2 peft.enabled=true peft.lora_r=16 peft.lora_alpha=32 \

@@ -37,7 +37,7 @@ def main(run_dir: Path, rm_dir: Path, n: int) -> None:
         if messages is None:
             print(f"unmatched prompt: {sample['input'][:80]!r}")
             continue
-        text = rm_tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": sample["output"]}],
+        text = rm_tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": sample["output"]}],
                                                 tokenize=False)
         inputs = rm_tokenizer(text, return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():

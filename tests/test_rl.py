@@ -125,7 +125,7 @@ def test_verl_reward_manager_marks_truncated_answers():
 
     def sample(response, mask):
         return DataProto.from_dict(
-            tensors={"responses": torch.tensor([response]), "attention_mask": torch.tensor([[1, 1] + mask])},
+            tensors={"responses": torch.tensor([response]), "attention_mask": torch.tensor([[1, 1, *mask]])},
             non_tensors={"extra_info": np.array([{"index": 0}], dtype=object)})
 
     cases = [([5, 6, 7], [1, 1, 1], True), ([5, 6, 2], [1, 1, 1], False), ([5, 2, 0], [1, 1, 0], False)]

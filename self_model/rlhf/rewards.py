@@ -11,8 +11,8 @@ run with the sample it failed on, never a silent zero.
 
 from __future__ import annotations
 
-import importlib.util
 import functools
+import importlib.util
 import math
 import re
 from collections.abc import Callable
