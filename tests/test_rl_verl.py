@@ -191,10 +191,10 @@ def test_trl_grpo_resumes_and_scores_with_a_reward_model(tmp_path):
         AutoConfig.from_pretrained(TINY_MODEL_CONFIG, num_labels=1, pad_token_id=0)).save_pretrained(reward_dir)
     AutoTokenizer.from_pretrained(TINY_TOKENIZER).save_pretrained(reward_dir)
     reward = {"functions": [], "reward_model": str(reward_dir)}
-    first = rl_stage.train(tiny_trl_grpo(tmp_path, total_steps=2, reward=reward), GRPO_STAGE)
-    assert first.state.global_step == 2 and (tmp_path / "out" / "checkpoint-2").is_dir()
+    first = rl_stage.train(tiny_trl_grpo(tmp_path, total_steps=1, reward=reward), GRPO_STAGE)
+    assert first.state.global_step == 1 and (tmp_path / "out" / "checkpoint-1").is_dir()
     scores = list(first._logs["rewards"]["rm"])  # the reward column is the reward model's (named after its folder)
     assert len(scores) == 8 and len(set(scores)) > 1
-    resumed = rl_stage.train(tiny_trl_grpo(tmp_path, resume=True, total_steps=3, reward=reward), GRPO_STAGE)
-    assert resumed.state.global_step == 3
-    assert [e["step"] for e in resumed.state.log_history if "reward" in e] == [1, 2, 3]
+    resumed = rl_stage.train(tiny_trl_grpo(tmp_path, resume=True, total_steps=2, reward=reward), GRPO_STAGE)
+    assert resumed.state.global_step == 2  # continued from checkpoint-1, not restarted
+    assert [e["step"] for e in resumed.state.log_history if "reward" in e] == [1, 2]
