@@ -52,9 +52,10 @@ class RunDir:
     numerics: str = "stop"  # what a NaN/inf gradient does (RunConfig.numerics)
 
     @classmethod
-    def prepare(cls, cfg: RunConfig, dry_run: bool = False) -> RunDir:
+    def prepare(cls, cfg: RunConfig, dry_run: bool = False, last_checkpoint=None) -> RunDir:
         """Apply the output_dir policy (an existing non-empty directory needs `resume` or `overwrite`) and take the
-        directory's lock; a `{run}` in output_dir is numbered here (and training_args.output_dir set to the result)."""
+        directory's lock; a `{run}` in output_dir is numbered here (and training_args.output_dir set to the result).
+        `last_checkpoint(path)` finds what `resume: true` continues from in runs that are not transformers' (verl)."""
         path = numbered_output_dir(cfg.output_dir, bool(cfg.resume))
         cfg.training_args["output_dir"] = str(path)
         if path.exists() and not path.is_dir():
@@ -66,16 +67,24 @@ class RunDir:
         occupied = [name for name in existing if name not in DRY_RUN_FILES]
         run = cls(path, numerics=cfg.numerics)
         if isinstance(cfg.resume, str):
-            if not (Path(cfg.resume) / "trainer_state.json").is_file():
+            if last_checkpoint is not None:
+                if not Path(cfg.resume).is_dir():
+                    raise UserError(f"resume: checkpoint {cfg.resume} not found")
+            elif not (Path(cfg.resume) / "trainer_state.json").is_file():
                 raise UserError(f"resume: {cfg.resume} is not a complete checkpoint (no trainer_state.json)")
             run.resume_checkpoint = cfg.resume
         elif cfg.resume:
-            last = last_complete_checkpoint(path) if path.is_dir() else None
-            if last is None:
-                some = " complete" if path.is_dir() and checkpoints(path) else ""
-                raise UserError(f"resume: no{some} checkpoint-* directory in {path} to resume from")
-            if is_main_process():
-                drop_incomplete_checkpoints(path, last)
+            if last_checkpoint is not None:
+                last = last_checkpoint(path) if path.is_dir() else None
+                if last is None:
+                    raise UserError(f"resume: no checkpoint in {path} to resume from")
+            else:
+                last = last_complete_checkpoint(path) if path.is_dir() else None
+                if last is None:
+                    some = " complete" if path.is_dir() and checkpoints(path) else ""
+                    raise UserError(f"resume: no{some} checkpoint-* directory in {path} to resume from")
+                if is_main_process():
+                    drop_incomplete_checkpoints(path, last)
             run.resume_checkpoint = str(last)
         elif occupied and not cfg.overwrite and not dry_run:
             raise UserError(

@@ -98,10 +98,12 @@ def apply_memory_plan(cfg: RunConfig, stage: StageSpec, args) -> dict | None:
     return result.summary()
 
 
-def open_stage(cfg: RunConfig, stage: StageSpec, dry_run: bool, chat: bool = True, owned: bool = True):
+def open_stage(cfg: RunConfig, stage: StageSpec, dry_run: bool, chat: bool = True, owned: bool = True,
+               last_checkpoint=None):
     """The first steps of every stage: output_dir policy, training arguments, tokenizer and, for chat data, the
-    template (also set as the tokenizer's chat template, which TRL's trainers and vLLM render with)."""
-    run = RunDir.prepare(cfg, dry_run=dry_run)
+    template (also set as the tokenizer's chat template, which TRL's trainers and vLLM render with).
+    `last_checkpoint`: how `resume: true` finds its checkpoint, for runs that are not transformers' (verl)."""
+    run = RunDir.prepare(cfg, dry_run=dry_run, last_checkpoint=last_checkpoint)
     training_args = build_training_args(cfg, stage, owned)
     if stage.workload is not None:
         run.memory_plan = apply_memory_plan(cfg, stage, training_args)

@@ -72,29 +72,72 @@ def test_math_accuracy_on_real_gsm8k_answers():
         truth = row_to_prompt(row, data)["ground_truth"]
         assert rewards.math_accuracy(row["answer"], truth) == 1.0, row["answer"][-60:]
         assert rewards.answer_format(row["answer"]) == 1.0
+        reasoning = row["answer"].rsplit("####", 1)[0]  # the worked solution without its final answer line
+        assert rewards.math_accuracy(reasoning, truth) == 0.0, reasoning[-60:]
     wrong = rows[0]["answer"].rsplit("####", 1)[0] + "#### 99999"
     assert rewards.math_accuracy(wrong, row_to_prompt(rows[0], data)["ground_truth"]) == 0.0
 
 
 @pytest.mark.parametrize(
-    "completion, truth, expected",
+    "completion, truth, strict, lenient",
     [
-        ("So she makes 9 * 2 = $18 a day.\n#### 18", "18", 1.0),
-        ("The total is \\boxed{1,234}.", "1234", 1.0),
-        ("First 3 apples, then 4 more: 7", "7", 1.0),
-        ("#### 18 and then some text with 5", "18", 1.0),
-        ("#### 17", "18", 0.0),
-        ("no number at all", "18", 0.0),
-        ("#### -3.50", "-3.5", 1.0),
+        ("So she makes 9 * 2 = $18 a day.\n#### 18", "18", 1.0, 1.0),
+        ("The total is \\boxed{1,234}.", "1234", 1.0, 1.0),
+        ("#### $1,234.00", "1234", 1.0, 1.0),
+        ("#### -3.50", "-3.5", 1.0, 1.0),
+        ("#### \u22123", "-3", 1.0, 1.0),  # Unicode minus
+        ("\\boxed{\\frac{3}{4}}", "0.75", 1.0, 1.0),
+        ("So it is #### 3/4", "0.75", 1.0, 1.0),
+        ("The answer is 18.", "18", 1.0, 1.0),
+        ("The final answer is: 18 dollars.\nDone.", "18", 1.0, 1.0),
+        ("#### 18\nTo check: \\boxed{18}", "18", 1.0, 1.0),  # several marks, one value
+        ("#### 17", "18", 0.0, 0.0),
+        ("no number at all", "18", 0.0, 0.0),
+        ("Is it 17 or 18?", "18", 0.0, 1.0),  # a bare last number
+        ("First 3 apples, then 4 more: 7", "7", 0.0, 1.0),  # reasoning without a final answer line
+        ("#### 17\n#### 18", "18", 0.0, 1.0),  # two different answers
+        ("The answer is 17 or 18.", "18", 0.0, 1.0),  # two candidates in one answer
+        ("#### 18 and then some text with 5", "18", 0.0, 0.0),  # lenient: the last number after a mark
     ],
 )
-def test_math_accuracy_hand_made(completion, truth, expected):
-    assert rewards.math_accuracy(completion, truth) == expected
+def test_math_accuracy_credits_one_marked_answer_unless_lenient(completion, truth, strict, lenient):
+    assert rewards.math_accuracy(completion, truth) == strict
+    assert rewards.resolve("math_accuracy", lenient=True)(completion, truth, "", {}) == lenient
+
+
+def test_math_accuracy_gives_truncated_answers_no_credit():
+    assert rewards.math_accuracy("#### 18", "18", "", {"truncated": True}) == 0.0
+    assert rewards.math_accuracy("#### 18", "18", "", {"truncated": False}) == 1.0
+    assert rewards.math_accuracy("#### 18", "18", "", {"truncated": True}, lenient=True) == 1.0
+    (trl_fn,) = rewards.trl_reward_funcs([rewards.math_accuracy], eos_token_id=2, max_length=4)
+    completions = ["#### 18", "#### 18", "#### 18"]
+    ids = [[5, 6, 7, 8], [5, 6, 7, 2], [5, 2]]  # cut at max_length; ends with EOS at max_length; finished early
+    assert trl_fn(prompts=[None] * 3, completions=completions, ground_truth=["18"] * 3, data_source=["a"] * 3,
+                  completion_ids=ids) == [0.0, 1.0, 1.0]
+
+
+def test_verl_reward_manager_marks_truncated_answers():
+    import numpy as np
+    import torch
+    from verl import DataProto
+
+    from self_model.rlhf.verl_reward import mark_truncated
+
+    def sample(response, mask):
+        return DataProto.from_dict(
+            tensors={"responses": torch.tensor([response]), "attention_mask": torch.tensor([[1, 1, *mask]])},
+            non_tensors={"extra_info": np.array([{"index": 0}], dtype=object)})
+
+    cases = [([5, 6, 7], [1, 1, 1], True), ([5, 6, 2], [1, 1, 1], False), ([5, 2, 0], [1, 1, 0], False)]
+    for response, mask, truncated in cases:
+        data = sample(response, mask)
+        mark_truncated(data, eos_token_id=2)
+        assert data[0].non_tensor_batch["extra_info"]["truncated"] is truncated, response
 
 
 def test_format_and_length_rewards():
     assert rewards.answer_format("so #### 4") == 1.0 and rewards.answer_format("\\boxed{4}") == 1.0
-    assert rewards.answer_format("the answer is 4") == 0.0
+    assert rewards.answer_format("the answer is 4") == 0.0 and rewards.answer_format("#### 4 #### 5") == 0.0
     assert rewards.length_penalty("x" * 900) == 0.0
     assert rewards.length_penalty("x" * 1500) == pytest.approx(-0.5) and rewards.length_penalty("x" * 5000) == -1.0
 
@@ -126,9 +169,12 @@ def test_verl_reward_hook_matches_trl_adapter():
     out = compute_score("openai/gsm8k", "... #### 72", "72", {"index": 0}, functions=["math_accuracy", "answer_format"],
                         weights=[1.0, 0.1])
     assert out["score"] == pytest.approx(1.1)
-    (trl_fn,) = rewards.trl_reward_funcs([rewards.math_accuracy])
+    assert compute_score("x", "I think 72", "72", {}, functions=["math_accuracy"], weights=[1.0])["score"] == 0.0
+    assert compute_score("x", "I think 72", "72", {}, functions=["math_accuracy"], weights=[1.0], lenient=True)["score"] == 1.0
+    (trl_fn,) = rewards.trl_reward_funcs([rewards.math_accuracy], eos_token_id=2, max_length=8)
     completions = [[{"role": "assistant", "content": "#### 72"}], [{"role": "assistant", "content": "#### 7"}]]
-    assert trl_fn(prompts=[None, None], completions=completions, ground_truth=["72", "72"], data_source=["a", "a"]) == [1.0, 0.0]
+    assert trl_fn(prompts=[None, None], completions=completions, ground_truth=["72", "72"], data_source=["a", "a"],
+                  completion_ids=[[1, 2], [1, 2]]) == [1.0, 0.0]
 
 
 # ---------------------------------------------------------------- data
@@ -198,7 +244,7 @@ def test_verl_config_is_built_and_validated_by_verl(tmp_path, algorithm, cluster
 @pytest.mark.parametrize(
     "stage, sections, expected",
     [
-        (GRPO_STAGE, {"rl": {"rollout": {"n": 1}}}, "rl.rollout.n: GRPO compares several answers"),
+        (GRPO_STAGE, {"rl": {"rollout": {"n": 1}}}, "rl.rollout.n: grpo compares several answers"),
         (GRPO_STAGE, {"rl": {"prompts_per_step": 12}}, "prompts_per_step (12) must be a multiple of ppo_mini_batch_size (8)"),
         (GRPO_STAGE, {"rl": {"prompts_per_step": 10, "rollout": {"n": 3}, "actor": {"ppo_mini_batch_size": 5},
                       "cluster": {"n_gpus_per_node": 8}}},

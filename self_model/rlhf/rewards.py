@@ -11,52 +11,81 @@ run with the sample it failed on, never a silent zero.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import re
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 from self_model.config import locate
 from self_model.errors import ConfigError, UserError
 
 RewardFn = Callable[[str, str, str, dict], float]
-NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
-HASH_ANSWER = re.compile(rf"####\s*\$?\s*({NUMBER})")
-BOXED_ANSWER = re.compile(rf"\\boxed\{{\s*\$?\s*({NUMBER})\s*\}}")
-ANY_NUMBER = re.compile(NUMBER)
+NUMBER = r"[-\u2212]?\s*\\?\$?\s*\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|\\d?frac\{[-\u2212]?\d+\}\{\d+\}"
+NUMBER_TOKEN = re.compile(NUMBER)
+# the marks of a final answer: what follows up to the end of the sentence (or the box's closing brace) is the answer
+ANSWER_MARK = re.compile(r"####|\\boxed\{|\b(?:the\s+)?(?:final\s+)?answer\s*(?:is|:|=)", re.IGNORECASE)
+SENTENCE_END = re.compile(r"\n|\.(?:\s|$)")
+FRACTION = re.compile(r"\\d?frac\{(-?\d+)\}\{(\d+)\}")
+TRUNCATED = "truncated"  # extra_info key the backends set when an answer hit max_response_length without ending
 
 
-def _number(text: str) -> float | None:
+def parse_number(text: str) -> Fraction | None:
+    """A number as written in an answer: `1,234`, `$18.00`, `-3.5`, `\u22123`, `3/4`, `\\frac{3}{4}`; else None."""
+    text = text.replace("\u2212", "-").replace("\\$", "").replace("$", "").replace(",", "").replace(" ", "").rstrip(".")
+    frac = FRACTION.fullmatch(text)
+    if frac:
+        text = f"{frac[1]}/{frac[2]}"
     try:
-        return float(text.replace(",", ""))
-    except ValueError:
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
         return None
 
 
-def extract_answer(completion: str) -> str | None:
-    """The final answer of a math completion: after `####`, else in `\\boxed{}`, else the last number."""
-    for pattern in (HASH_ANSWER, BOXED_ANSWER):
-        found = pattern.findall(completion)
-        if found:
-            return found[-1]
-    numbers = ANY_NUMBER.findall(completion)
-    return numbers[-1] if numbers else None
+def marked_answers(completion: str) -> list[Fraction]:
+    """Every number stated as a final answer (after `####`, in `\\boxed{}`, after "the answer is"), in order."""
+    found = []
+    for mark in ANSWER_MARK.finditer(completion):
+        rest = completion[mark.end():]
+        span = _box_content(rest) if mark[0].endswith("{") else rest[: _end(SENTENCE_END.search(rest), rest)]
+        found += [value for token in NUMBER_TOKEN.findall(span) if (value := parse_number(token)) is not None]
+    return found
 
 
-def math_accuracy(completion: str, ground_truth: str, data_source: str = "", extra_info: dict | None = None) -> float:
-    """1.0 when the completion's final answer equals the ground truth numerically (GSM8K `#### 18`, `\\boxed{18}`)."""
-    answer = extract_answer(completion)
-    expected = _number(str(ground_truth).strip())
-    if answer is None or expected is None:
+def _end(match, text: str) -> int:
+    return match.start() if match else len(text)
+
+
+def _box_content(text: str) -> str:
+    """The text up to the brace that closes an opened `\\boxed{` (all of it when the box never closes)."""
+    depth = 1
+    for i, char in enumerate(text):
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth == 0:
+            return text[:i]
+    return text
+
+
+def math_accuracy(completion: str, ground_truth: str, data_source: str = "", extra_info: dict | None = None,
+                  lenient: bool = False) -> float:
+    """1.0 when the completion states one final answer (`#### N`, `\\boxed{N}`, "the answer is N") equal to the
+    ground truth as a number; 0.0 for no marked answer, several different ones, or a truncated completion.
+    `lenient`: the last number after a mark, else the last number of all, truncated or not."""
+    expected = parse_number(str(ground_truth).strip())
+    answers = marked_answers(completion)
+    if lenient:
+        numbers = answers or [v for t in NUMBER_TOKEN.findall(completion) if (v := parse_number(t)) is not None]
+        return float(bool(numbers) and numbers[-1] == expected)
+    if (extra_info or {}).get(TRUNCATED) or len(set(answers)) != 1:
         return 0.0
-    got = _number(answer)
-    return float(got is not None and math.isclose(got, expected, rel_tol=0, abs_tol=1e-6))
+    return float(answers[0] == expected)
 
 
 def answer_format(completion: str, ground_truth: str = "", data_source: str = "", extra_info: dict | None = None) -> float:
-    """1.0 when the completion states its answer in a checkable form (`#### N` or `\\boxed{N}`)."""
-    return float(bool(HASH_ANSWER.search(completion) or BOXED_ANSWER.search(completion)))
+    """1.0 when the completion states exactly one final answer value in a checkable form (`#### N` or `\\boxed{N}`)."""
+    return float(len(set(marked_answers(completion))) == 1 and bool(re.search(r"####|\\boxed\{", completion)))
 
 
 def length_penalty(completion: str, ground_truth: str = "", data_source: str = "", extra_info: dict | None = None,
@@ -72,6 +101,7 @@ REGISTRY: dict[str, RewardFn] = {
     "answer_format": answer_format,
     "length_penalty": length_penalty,
 }
+MATH_REWARDS = ("math_accuracy", "gsm8k")  # the names rl.reward.lenient applies to
 
 
 def canonical(spec: str) -> str:
@@ -82,8 +112,11 @@ def canonical(spec: str) -> str:
     return f"{Path(locate(path)).resolve()}{sep}{name}" if sep and path.endswith(".py") else spec
 
 
-def resolve(spec: str) -> RewardFn:
-    """A reward function from its registry name or `path/to/file.py:function` (relative: cwd, then the repo root)."""
+def resolve(spec: str, lenient: bool = False) -> RewardFn:
+    """A reward function from its registry name or `path/to/file.py:function` (relative: cwd, then the repo root);
+    `lenient` switches math_accuracy to its permissive rule (rl.reward.lenient)."""
+    if spec in MATH_REWARDS and lenient:
+        return functools.update_wrapper(functools.partial(REGISTRY[spec], lenient=True), REGISTRY[spec])
     if spec in REGISTRY:
         return REGISTRY[spec]
     spec = canonical(spec)
@@ -128,16 +161,18 @@ def combined(functions: list[RewardFn], weights: list[float], completion: str, g
     return values
 
 
-def trl_reward_funcs(functions: list[RewardFn]) -> list[Callable[..., list[float]]]:
-    """TRL `reward_funcs`: each gets the batch (prompts, completions, dataset columns) and returns one float each."""
+def trl_reward_funcs(functions: list[RewardFn], eos_token_id: int, max_length: int) -> list[Callable[..., list[float]]]:
+    """TRL `reward_funcs`: each gets the batch (prompts, completions, completion ids, dataset columns) and returns
+    one float each; an answer that filled `max_length` tokens without EOS is marked truncated."""
 
     def adapt(fn: RewardFn):
-        def reward(prompts, completions, ground_truth, data_source, **kwargs) -> list[float]:
+        def reward(prompts, completions, ground_truth, data_source, completion_ids, **kwargs) -> list[float]:
             texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-            return [call_reward(fn, text, truth, source, {}) for text, truth, source in zip(texts, ground_truth, data_source)]
+            cut = [len(ids) >= max_length and ids[-1] != eos_token_id for ids in completion_ids]
+            return [call_reward(fn, text, truth, source, {TRUNCATED: truncated})
+                    for text, truth, source, truncated in zip(texts, ground_truth, data_source, cut)]
 
         reward.__name__ = getattr(fn, "__name__", "reward")
         return reward
 
     return [adapt(fn) for fn in functions]
-

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from self_model.config import RunConfig, option
+from self_model.rlhf.algorithms import algorithm_name, algorithm_problems
+from self_model.rlhf.rewards import MATH_REWARDS
 
 
 @dataclass
@@ -32,7 +34,10 @@ class ActorArgs:
     ppo_mini_batch_size: int = option("Prompts (with all their answers) per optimizer step.", 16)
     ppo_micro_batch_size_per_gpu: int = option("Sequences per forward/backward pass on one GPU.", 4)
     ppo_epochs: int = option("Passes over each step's rollouts.", 1)
-    clip_ratio: float = option("PPO clip range of the policy ratio.", 0.2)
+    clip_ratio: float = option("Clip range of the policy ratio (the lower one; the algorithm's paper value when unset, "
+                               "e.g. GSPO 3e-4).", 0.2)
+    clip_ratio_high: float | None = option("Upper clip range (clip-higher); null: the algorithm's (DAPO 0.28), else "
+                                           "clip_ratio.", None)
     use_kl_loss: bool = option("Add a KL penalty to the reference policy to the loss (needs a reference model).", True)
     kl_loss_coef: float = option("Weight of that KL penalty.", 0.001)
     entropy_coeff: float = option("Weight of the entropy bonus.", 0.0)
@@ -43,6 +48,7 @@ class CriticArgs:
     model_name_or_path: str | None = option("Value model for PPO; null starts it from the policy's model.", None)
     learning_rate: float = option("Critic learning rate.", 1e-5)
     ppo_micro_batch_size_per_gpu: int = option("Sequences per critic forward/backward pass on one GPU.", 4)
+    export: bool = option("Also export the trained critic to output_dir/critic_model (verl).", False)
 
 
 @dataclass
@@ -54,6 +60,12 @@ class RewardArgs:
     reward_model: str | None = option(
         "A reward model directory from train_rm.py (its `merged/` folder after LoRA) scoring the answers instead "
         "of functions (set functions: []).", None)
+    lenient: bool = option(
+        "math_accuracy also credits the last number when no answer is marked, the last of several answers and "
+        "truncated answers (easy to game: off by default).", False)
+    overlong_buffer: int | None = option(
+        "verl: the reward falls linearly to -1 over the last this many tokens before max_response_length; null: the "
+        "algorithm's (DAPO: a fifth of the length, others none), 0: off.", None)
 
 
 @dataclass
@@ -69,6 +81,9 @@ class RLArgs:
     """PPO / GRPO: backend, rollout, actor, critic, reward, cluster."""
 
     backend: Literal["verl", "trl"] = option("verl (Ray, FSDP, vLLM; GPUs) or trl (one process; CPU or one GPU).", "verl")
+    algorithm: Literal["ppo", "grpo", "dr_grpo", "rloo", "reinforce_plus_plus", "dapo", "gspo"] | None = option(
+        "Policy-gradient algorithm (self_model/rlhf/algorithms.py); null: the stage's own (grpo, ppo). Critic-free "
+        "ones run in train_grpo.py.", None)
     total_steps: int = option("Rollout steps to train for.", 100)
     prompts_per_step: int = option("Prompts sampled per step.", 32)
     save_steps: int | None = option("Save a checkpoint every this many steps (verl); null saves at the end only.", None)
@@ -83,12 +98,16 @@ class RLArgs:
 
 
 def rl_checks(cfg: RunConfig, algorithm: str) -> list[tuple[str, str]]:
-    """Rules of the `rl` section, in our keys (verl's own validation runs after, on the generated config)."""
+    """Rules of the `rl` section, in our keys (verl's own validation runs after, on the generated config);
+    `algorithm` is the stage's (grpo: every critic-free algorithm, ppo)."""
     rl: RLArgs = cfg.sections["rl"]
-    problems = []
+    problems = algorithm_problems(cfg, algorithm)
     gpus = rl.cluster.nnodes * rl.cluster.n_gpus_per_node
-    if algorithm == "grpo" and rl.rollout.n < 2:
-        problems.append(("rl.rollout.n", f"GRPO compares several answers to each prompt: need n >= 2, got {rl.rollout.n}"))
+    if algorithm_name(cfg, algorithm) in GROUP_ALGORITHMS and rl.rollout.n < 2:
+        problems.append(("rl.rollout.n", f"{algorithm_name(cfg, algorithm)} compares several answers to each prompt: "
+                         f"need n >= 2, got {rl.rollout.n}"))
+    if rl.reward.lenient and not set(MATH_REWARDS) & set(rl.reward.functions):
+        problems.append(("rl.reward.lenient", "applies to math_accuracy only, which is not among rl.reward.functions"))
     if rl.prompts_per_step % rl.actor.ppo_mini_batch_size:
         problems.append(("rl.actor.ppo_mini_batch_size", f"prompts_per_step ({rl.prompts_per_step}) must be a multiple "
                          f"of ppo_mini_batch_size ({rl.actor.ppo_mini_batch_size})"))
@@ -113,9 +132,14 @@ def rl_checks(cfg: RunConfig, algorithm: str) -> list[tuple[str, str]]:
     if rl.backend == "verl":
         for key in sorted(set(cfg.training_args) - {"output_dir", "seed"}):
             problems.append((f"training_args.{key}", "used by rl.backend: trl only; with verl set rl.* or rl.verl"))
-    if cfg.resume and (rl.backend == "verl" or algorithm == "ppo"):
-        problems.append(("resume", "only the TRL GRPO backend resumes here; verl's own resume (trainer.resume_mode) "
-                         "and TRL's PPO have no resume in this project yet"))
+    if cfg.resume and rl.backend == "trl" and algorithm == "ppo":
+        problems.append(("resume", "TRL's experimental PPOTrainer cannot resume (its train() restarts at step 0); "
+                         "resume PPO with rl.backend: verl, or start over"))
+    if rl.backend == "verl" and ("trainer.resume_mode" in rl.verl or "trainer.resume_from_path" in rl.verl):
+        problems.append(("rl.verl", "resume with --resume (or resume: PATH to a global_step_N directory), not verl's "
+                         "trainer.resume_mode / resume_from_path"))
+    if rl.backend == "trl" and rl.critic.export:
+        problems.append(("rl.critic.export", "exporting the critic is verl's (rl.backend: verl)"))
     if rl.backend == "trl" and rl.cluster != ClusterArgs():
         problems.append(("rl.cluster", "used by rl.backend: verl only; launch the TRL backend with torchrun for several GPUs"))
     if rl.backend == "trl" and rl.verl:
@@ -130,6 +154,9 @@ def rl_checks(cfg: RunConfig, algorithm: str) -> list[tuple[str, str]]:
         problems.append(("model.attn_implementation", "varlen is this project's attention for the TRL/transformers "
                          "stages; verl's workers pack sequences their own way: use auto (sdpa) or flash_attention_2"))
     return problems
+
+
+GROUP_ALGORITHMS = ("grpo", "dr_grpo", "rloo", "dapo", "gspo")  # advantages from comparing a prompt's answers
 
 
 def verl_peft_problems(cfg: RunConfig) -> list[tuple[str, str]]:

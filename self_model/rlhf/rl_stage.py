@@ -9,6 +9,7 @@ from self_model.data.built import EVAL, TRAIN
 from self_model.data.rl import RLDataArgs, build_prompts
 from self_model.modeling import load_model
 from self_model.rlhf import rewards, trl_backend, verl_backend
+from self_model.rlhf.algorithms import algorithm_name
 from self_model.rlhf.rl_config import RLArgs, rl_checks
 from self_model.runs import RunDir
 from self_model.stage import describe_metrics, fit, open_stage, present_data, save_final, say
@@ -16,6 +17,7 @@ from self_model.template import ChatTemplate
 
 INITIAL_MODEL = "initial_model"  # model.init_from_config, saved for verl (which loads models by path)
 HF_MODEL = "hf_model"  # verl's final actor as a Hugging Face model
+CRITIC_MODEL = "critic_model"  # and the critic, when rl.critic.export
 CONFIG_CLASSES = {"grpo": "trl.trainer.grpo_config:GRPOConfig", "ppo": "trl.experimental.ppo.ppo_config:PPOConfig"}
 
 
@@ -33,26 +35,34 @@ def stage_spec(algorithm: str) -> StageSpec:
 def train(cfg: RunConfig, stage: StageSpec, dry_run: bool = False):
     """Run the stage on the configured backend; returns the TRL trainer (None for verl and for a dry run)."""
     rl: RLArgs = cfg.sections["rl"]
-    algorithm = stage.name
+    algorithm = algorithm_name(cfg, stage.name)
     # with verl, the training-args class only carries output_dir and seed: verl gets our sections directly
-    run, training_args, tokenizer, renderer = open_stage(cfg, stage, dry_run, owned=rl.backend == "trl")
-    functions = [rewards.resolve(spec) for spec in rl.reward.functions]
+    run, training_args, tokenizer, renderer = open_stage(
+        cfg, stage, dry_run, owned=rl.backend == "trl",
+        last_checkpoint=verl_backend.last_checkpoint if rl.backend == "verl" else None)
+    functions = [rewards.resolve(spec, rl.reward.lenient) for spec in rl.reward.functions]
     data = build_prompts(cfg.data, tokenizer, rl.rollout.max_prompt_length, training_args.seed, cfg.data.preview_examples)
     if rl.backend == "verl":
         return run_verl(cfg, algorithm, run, tokenizer, renderer, data, training_args, dry_run)
+    if algorithm == "dapo":
+        say("note: DAPO on the TRL backend: token-level loss, clip-higher and truncated answers masked; dynamic "
+            "sampling and the overlong penalty are verl's (rl.backend: verl)")
     if present_data(run, cfg, data, tokenizer, dry_run):
         return None
     if not cfg.model_name_or_path:  # TRL loads the reference model from the policy's path
         save_initial_model(cfg, tokenizer, training_args, run.path / INITIAL_MODEL, weights=True)
         cfg = replace_model(cfg, str(run.path / INITIAL_MODEL))
     model = load_model(cfg, tokenizer, training_args)
-    if algorithm == "grpo":
+    if stage.name == "grpo":
+        # a reward model is given to TRL by path: it loads it with its tokenizer and scores the chat-rendered texts
+        reward_funcs = [rl.reward.reward_model] if rl.reward.reward_model else rewards.trl_reward_funcs(
+            functions, tokenizer.eos_token_id, rl.rollout.max_response_length)
         trainer = trl_backend.build_grpo_trainer(cfg, model, tokenizer, training_args, data.dataset(TRAIN),
-                                                 data.dataset(EVAL), rewards.trl_reward_funcs(functions))
+                                                 data.dataset(EVAL), reward_funcs)
     else:
         trainer = trl_backend.build_ppo_trainer(cfg, model, tokenizer, training_args, [r["prompt"] for r in data.train])
-    metrics = fit(trainer, run, cfg.eval_before_training and algorithm == "grpo")
-    reward_key = "reward" if algorithm == "grpo" else "objective/scores"
+    metrics = fit(trainer, run, cfg.eval_before_training and stage.name == "grpo")
+    reward_key = "reward" if stage.name == "grpo" else "objective/scores"
     metrics.update(reward_curve([e for e in trainer.state.log_history if reward_key in e], reward_key))
     if "reward_first" not in metrics:
         say("note: no reward was logged (lower training_args.logging_steps)")
@@ -82,8 +92,10 @@ def run_verl(cfg: RunConfig, algorithm: str, run: RunDir, tokenizer, renderer, d
         return None
     run.write_yaml("config.yaml", cfg.resolved)
     verl_backend.run(conf)
-    exported = verl_backend.export_actor(run.path, run.path / HF_MODEL)
+    exported = verl_backend.export(run.path, "actor", run.path / HF_MODEL)
     tokenizer.save_pretrained(str(exported))
+    if rl.critic.export:
+        tokenizer.save_pretrained(str(verl_backend.export(run.path, "critic", run.path / CRITIC_MODEL)))
     steps = verl_backend.read_metrics(run.path)
     metrics = reward_curve(steps, "critic/score/mean")
     run.write_manifest(cfg, algorithm, {"backend": "verl", "data": data.manifest(), "metrics": metrics, "steps": steps})

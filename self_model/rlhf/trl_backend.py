@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from self_model.config import Owned, RunConfig, from_key
+from self_model.rlhf.algorithms import algorithm_name, trl_settings
 from self_model.rlhf.rl_config import RLArgs
 
 
@@ -29,6 +30,11 @@ def _vllm_only(value: Callable[[RunConfig], Any]) -> Callable[[RunConfig], Any]:
     return lambda cfg: value(cfg) if uses_vllm(cfg) else None
 
 
+def _algorithm(cfg: RunConfig) -> dict[str, Any]:
+    """GRPOConfig fields of rl.algorithm (validation refuses those TRL cannot run before this is read)."""
+    return trl_settings(cfg, algorithm_name(cfg, "grpo"))
+
+
 def _updates_per_step(rl: RLArgs) -> int:
     return rl.prompts_per_step // rl.actor.ppo_mini_batch_size
 
@@ -41,7 +47,12 @@ GRPO_OWNED = {
     "temperature": from_key("rl.rollout.temperature"),
     "max_completion_length": from_key("rl.rollout.max_response_length"),
     "beta": Owned("rl.actor.kl_loss_coef", lambda cfg: _rl(cfg).actor.kl_loss_coef if _rl(cfg).actor.use_kl_loss else 0.0),
-    "epsilon": from_key("rl.actor.clip_ratio"),
+    "epsilon": Owned("rl.actor.clip_ratio", lambda cfg: _algorithm(cfg)["epsilon"]),
+    "epsilon_high": Owned("rl.actor.clip_ratio_high", lambda cfg: _algorithm(cfg)["epsilon_high"]),
+    "loss_type": Owned("rl.algorithm", lambda cfg: _algorithm(cfg)["loss_type"]),
+    "scale_rewards": Owned("rl.algorithm", lambda cfg: _algorithm(cfg)["scale_rewards"]),
+    "importance_sampling_level": Owned("rl.algorithm", lambda cfg: _algorithm(cfg).get("importance_sampling_level")),
+    "mask_truncated_completions": Owned("rl.algorithm", lambda cfg: _algorithm(cfg).get("mask_truncated_completions")),
     "num_iterations": from_key("rl.actor.ppo_epochs"),
     "per_device_train_batch_size": from_key("rl.actor.ppo_micro_batch_size_per_gpu"),
     "gradient_accumulation_steps": Owned("rl.actor.ppo_mini_batch_size", lambda cfg: max(1, (

@@ -16,6 +16,8 @@ from typing import Any
 from self_model.config import RunConfig
 from self_model.data.built import EVAL, TRAIN
 from self_model.errors import ConfigError, UserError
+from self_model.rlhf import verl_workers
+from self_model.rlhf.algorithms import ALGORITHMS, clip_range, overlong_buffer, verl_settings
 from self_model.rlhf.rewards import canonical
 from self_model.rlhf.rl_config import RLArgs
 
@@ -41,7 +43,6 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
     micro = rl.actor.ppo_micro_batch_size_per_gpu
     has_eval = EVAL in data_files
     values: dict[str, Any] = {
-        "algorithm.adv_estimator": "grpo" if algorithm == "grpo" else "gae",
         "data.train_files": [data_files[TRAIN]],
         "data.val_files": [data_files.get(EVAL, data_files[TRAIN])],
         "data.train_batch_size": rl.prompts_per_step,
@@ -56,7 +57,7 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
         "actor_rollout_ref.actor.ppo_mini_batch_size": rl.actor.ppo_mini_batch_size,
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": micro,
         "actor_rollout_ref.actor.ppo_epochs": rl.actor.ppo_epochs,
-        "actor_rollout_ref.actor.clip_ratio": rl.actor.clip_ratio,
+        "actor_rollout_ref.actor.clip_ratio": clip_range(cfg, algorithm)[0],
         "actor_rollout_ref.actor.use_kl_loss": rl.actor.use_kl_loss,
         "actor_rollout_ref.actor.kl_loss_coef": rl.actor.kl_loss_coef,
         "actor_rollout_ref.actor.entropy_coeff": rl.actor.entropy_coeff,
@@ -79,13 +80,15 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
         "trainer.test_freq": rl.total_steps if has_eval else -1,
         "trainer.val_before_train": bool(has_eval and cfg.eval_before_training),
         "ray_kwargs.ray_init.num_cpus": rl.cluster.num_cpus,
-        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH": str(out / METRICS_FILE),
+        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH": str(metrics_file(out, bool(cfg.resume))),
+        **resume_values(cfg),
+        **verl_settings(cfg, algorithm),
     }
     if chat_template:
         values["actor_rollout_ref.model.custom_chat_template"] = chat_template
     if isinstance(cfg.model.gradient_checkpointing, bool):  # `auto` keeps verl's default (on)
         values["actor_rollout_ref.model.enable_gradient_checkpointing"] = cfg.model.gradient_checkpointing
-        if algorithm == "ppo":
+        if ALGORITHMS[algorithm].critic:
             values["critic.model.enable_gradient_checkpointing"] = cfg.model.gradient_checkpointing
     if cfg.peft.enabled:  # what verl cannot honour of `peft` is refused by rl_config.verl_peft_problems
         values["actor_rollout_ref.model.lora_rank"] = cfg.peft.lora_r
@@ -94,7 +97,7 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
         values["actor_rollout_ref.model.exclude_modules"] = cfg.peft.exclude_modules
     if rl.cluster.ray_address:
         values["+ray_kwargs.ray_init.address"] = rl.cluster.ray_address
-    if algorithm == "ppo":
+    if ALGORITHMS[algorithm].critic:
         values.update({
             "critic.enable": True,
             "critic.model.path": rl.critic.model_name_or_path or model_path,
@@ -102,6 +105,8 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
             "critic.optim.lr": rl.critic.learning_rate,
             "critic.ppo_micro_batch_size_per_gpu": rl.critic.ppo_micro_batch_size_per_gpu,
         })
+        if verl_attention(cfg) != "flash_attention_2":  # verl's critic loader would insist on flash-attn 2
+            values["+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook"] = verl_workers.SETUP_HOOK
     if rl.reward.reward_model:
         values.update({
             "reward.reward_model.enable": True,
@@ -110,13 +115,45 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
             "reward.reward_model.rollout.tensor_model_parallel_size": rl.rollout.tensor_parallel_size,
         })
     else:
+        buffer = overlong_buffer(cfg, algorithm)
         values.update({
             "reward.custom_reward_function.path": str(REWARD_HOOK),
             "reward.custom_reward_function.name": "compute_score",
             "+reward.custom_reward_function.reward_kwargs.functions": [canonical(spec) for spec in rl.reward.functions],
             "+reward.custom_reward_function.reward_kwargs.weights": rl.reward.weights or [1.0] * len(rl.reward.functions),
+            "+reward.custom_reward_function.reward_kwargs.lenient": rl.reward.lenient,
+            "reward.reward_manager.source": "importlib",
+            "reward.reward_manager.module.path": str(REWARD_HOOK),
+            "reward.reward_manager.name": "OverlongRewardManager" if buffer else "RewardManager",
         })
+        if buffer:  # read by verl's DAPO reward manager
+            values["+reward.reward_kwargs"] = {"max_resp_len": rl.rollout.max_response_length, "overlong_buffer_cfg": {
+                "enable": True, "len": buffer, "penalty_factor": 1.0, "log": True}}
     return values
+
+
+def resume_values(cfg: RunConfig) -> dict[str, Any]:
+    """verl's own resume: --resume continues from the last checkpoint in output_dir/verl_checkpoints (model,
+    optimizer, step count and the dataloader's position), resume=PATH from that global_step_N directory."""
+    if isinstance(cfg.resume, str):
+        return {"trainer.resume_mode": "resume_path", "trainer.resume_from_path": str(Path(cfg.resume).resolve())}
+    return {"trainer.resume_mode": "auto" if cfg.resume else "disable"}
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest verl checkpoint of a run (what `--resume` continues from), or None."""
+    marker = output_dir / CHECKPOINT_DIR / "latest_checkpointed_iteration.txt"
+    if not marker.is_file():
+        return None
+    step = output_dir / CHECKPOINT_DIR / f"global_step_{marker.read_text().strip()}"
+    return str(step) if step.is_dir() else None
+
+
+def metrics_file(output_dir: Path, resume: bool) -> Path:
+    """Where verl's file logger writes (it truncates its file, so each resumed attempt gets its own)."""
+    if not resume:
+        return output_dir / METRICS_FILE
+    return output_dir / f"{Path(METRICS_FILE).stem}.resumed-{len(list(output_dir.glob('verl_metrics*.jsonl')))}.jsonl"
 
 
 def verl_attention(cfg: RunConfig) -> str:
@@ -194,21 +231,24 @@ def run(conf) -> None:
     verl_main(conf)
 
 
-def export_actor(output_dir: Path, target: Path) -> Path:
-    """The last actor checkpoint as a Hugging Face model directory (verl's model merger; an adapter with LoRA)."""
-    root = output_dir / CHECKPOINT_DIR
-    step = (root / "latest_checkpointed_iteration.txt").read_text().strip()
-    actor = root / f"global_step_{step}" / "actor"
-    command = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir", str(actor),
-               "--target_dir", str(target)]
+def export(output_dir: Path, role: str, target: Path) -> Path:
+    """The last checkpoint of `actor` or `critic` as a Hugging Face model directory (verl's model merger; with
+    LoRA the base weights plus `lora_adapter/`, a PEFT adapter)."""
+    checkpoint = last_checkpoint(output_dir)
+    if checkpoint is None:
+        raise UserError(f"verl left no checkpoint in {output_dir / CHECKPOINT_DIR} to export")
+    command = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir",
+               str(Path(checkpoint) / role), "--target_dir", str(target)]
     subprocess.run(command, check=True)
     return target
 
 
 def read_metrics(output_dir: Path) -> list[dict]:
-    """verl's per-step metrics (its `file` logger), in step order."""
-    path = output_dir / METRICS_FILE
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{"step": row["step"], **row["data"]} for row in rows]
+    """verl's per-step metrics (its `file` logger), in step order; a resumed attempt's steps replace earlier ones."""
+    by_step = {}
+    for path in sorted(output_dir.glob("verl_metrics*.jsonl"), key=lambda p: p.stat().st_mtime):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                by_step[row["step"]] = {"step": row["step"], **row["data"]}
+    return [by_step[step] for step in sorted(by_step)]
