@@ -196,7 +196,7 @@ def accuracy(engine, task: AccuracyTask, seed: int) -> dict[str, float]:
     """Greedy: accuracy (= pass@1) and mean reward. Sampled: pass@1 (mean over samples), pass@k, maj@k."""
     from self_model.data.rl import RLDataArgs, row_to_prompt
     from self_model.data.sources import BadRow, BadRowLog, read_source
-    from self_model.rlhf.rewards import call_reward, resolve
+    from self_model.rlhf.rewards import TRUNCATED, call_reward, resolve
 
     bad = BadRowLog(task.bad_rows, fix_hint="set bad_rows: skip in the task")
     data = RLDataArgs(prompt_suffix=task.prompt_suffix, data_source=task.data_source or "eval")
@@ -212,8 +212,7 @@ def accuracy(engine, task: AccuracyTask, seed: int) -> dict[str, float]:
     completions = engine.generate([engine.prompt_ids(r["prompt"]) for r in records], sampling)
     rewards, first_correct, any_correct, majority_correct, lengths = [], [], [], [], []
     for record, choices in zip(records, completions):
-        # `truncated`: the extra_info key the RL backends set for an answer that hit the length limit
-        values = [call_reward(fn, c.text, record["ground_truth"], record["data_source"], {"truncated": not c.finished})
+        values = [call_reward(fn, c.text, record["ground_truth"], record["data_source"], {TRUNCATED: not c.finished})
                   for c in choices]
         correct = [v >= task.correct_at for v in values]
         rewards += values
