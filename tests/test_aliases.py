@@ -80,7 +80,7 @@ def test_rlhf_yaml_dry_runs_with_every_script(script, tmp_path, capsys, caplog):
         (DPO_STAGE, ["data.max_length=64"], "dpo.data.max_length (command line): the same setting as data.max_length "
          "(command line)"),
         (DPO_STAGE, ["ppo.actor_learnig_rate=1"], "ppo.actor_learnig_rate (command line): unknown key"),
-        (GRPO_STAGE, ["ppo.rollout_n=1"], "rl.rollout.n (command line, as ppo.rollout_n): GRPO compares several answers"),
+        (GRPO_STAGE, ["ppo.rollout_n=1"], "rl.rollout.n (command line, as ppo.rollout_n): grpo compares several answers"),
         (PPO_STAGE, ["ppo.rollout_backend=sglang"], "rl.rollout.engine (command line, as ppo.rollout_backend)"),
         (PPO_STAGE, ["ppo.logger=[console,mlflow]"], "trace (command line, as ppo.logger): unknown backend 'mlflow'"),
         (SFT_STAGE, [], "ppo (command line): unknown key"),  # only the stages that share rlhf.yaml set the others' parts aside
