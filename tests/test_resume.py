@@ -156,9 +156,9 @@ def test_resume_after_kill_equals_uninterrupted_run(baselines, tmp_path, capsys,
     assert_same_run(resumed, manifest, out, baseline_out)
 
 
-def start_script(stage: str, out: Path) -> subprocess.Popen:
+def start_script(stage: str, out: Path, *overrides: str) -> subprocess.Popen:
     _, script, _, _ = STAGES[stage]
-    return subprocess.Popen([sys.executable, str(REPO / script), *command(stage, out)], cwd=REPO,
+    return subprocess.Popen([sys.executable, str(REPO / script), *command(stage, out), *overrides], cwd=REPO,
                             env={**script_env(), **SECRETS},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -193,9 +193,11 @@ def test_sigterm_saves_exits_and_resumes_to_the_same_result(baselines, tmp_path)
 def test_sigkill_at_a_random_step_resumes_to_the_same_result(baselines, tmp_path):
     manifest, baseline_out = baselines("cpt")
     out = tmp_path / "out"
-    process = start_script("cpt", out)
+    # a checkpoint after every step: the tiny run is slow enough to be caught, and the kill may land mid-save
+    process = start_script("cpt", out, "training_args.save_steps=1")
     wait_for_checkpoint(process, out)
-    time.sleep(0.3 * (os.getpid() % 4))  # somewhere in the steps after the first checkpoint
+    time.sleep(0.02 * (os.getpid() % 4))  # somewhere in the steps after the first checkpoint
+    assert process.poll() is None, "the run ended before the kill: the test needs more steps after a checkpoint"
     process.kill()
     output, _ = process.communicate()
     assert_no_secret(out, output)
