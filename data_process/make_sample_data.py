@@ -10,6 +10,12 @@ Writes `sft_train.jsonl` and `sft_eval.jsonl` (OpenAI-style `{"messages": [...]}
 `rl_prompts.jsonl` (`prompt`/`ground_truth`/`data_source` arithmetic prompts) for PPO/GRPO, `cls_train.jsonl` /
 `cls_eval.jsonl` (`text`/`label`: a question and its topic) for sequence classification, and `emb_train.jsonl` /
 `emb_eval.jsonl` (`query`/`positive`/`negative`: a question, its right answer, a wrong one) for embedding models.
+
+`arithmetic/` holds the demo pipeline's checkable task (config/pipeline/tiny.yaml): one-digit additions and
+subtractions, a table of 155 facts. `sft_train.jsonl` (chat rows), `pref_train.jsonl` (right vs wrong result),
+`prompts_train.jsonl` (GRPO) and `eval.jsonl` (every fact once, prompt + ground truth, for exact-match accuracy) and
+`sft_eval.jsonl` (the same facts answered, for eval loss). Eval asks the facts that training teaches: the task
+measures how well a model has learnt the table, not generalisation to unseen numbers.
 """
 
 import argparse
@@ -196,6 +202,36 @@ def embedding_rows(rng, n):
             for row in preference_rows(rng, n)]
 
 
+def one_digit_facts():
+    """Every one-digit addition and subtraction with a non-negative result: (question, answer, result)."""
+    facts = []
+    for a in range(10):
+        for b in range(10):
+            facts.append((f"What is {a} + {b}?", f"{a} + {b} = {a + b}.", a + b))
+            if a >= b:
+                facts.append((f"What is {a} - {b}?", f"{a} - {b} = {a - b}.", a - b))
+    return facts
+
+
+def write_arithmetic_task(out, rng, num_train, num_pairs):
+    """The demo pipeline's task files (see the module docstring) under `out`."""
+    facts = one_digit_facts()
+    out.mkdir(parents=True, exist_ok=True)
+    chat = lambda question, answer: {"messages": [{"role": "user", "content": question},
+                                                  {"role": "assistant", "content": answer}]}
+    prompt = lambda question, result: {"prompt": question, "ground_truth": str(result), "data_source": "sample/one_digit"}
+    write_jsonl(out / "sft_train.jsonl", [chat(q, a) for q, a, _ in (rng.choice(facts) for _ in range(num_train))])
+    write_jsonl(out / "sft_eval.jsonl", [chat(q, a) for q, a, _ in facts])
+    write_jsonl(out / "eval.jsonl", [prompt(q, r) for q, _, r in facts])
+    write_jsonl(out / "prompts_train.jsonl", [prompt(q, r) for q, _, r in rng.sample(facts, len(facts))])
+    pairs = []
+    for question, answer, result in (rng.choice(facts) for _ in range(num_pairs)):
+        wrong = max(0, result + rng.choice([-2, -1, 1, 2]))
+        wrong = wrong if wrong != result else result + 1
+        pairs.append({"prompt": question, "chosen": answer, "rejected": answer.replace(f"= {result}.", f"= {wrong}.")})
+    write_jsonl(out / "pref_train.jsonl", pairs)
+
+
 def corpus_sentences(rng, n):
     """`n` plain English/Chinese sentences from templates, for tokenizer training."""
     sentences = []
@@ -241,6 +277,8 @@ def main():
     parser.add_argument("--num_rl_prompts", type=int, default=200, help="arithmetic prompts in rl_prompts.jsonl")
     parser.add_argument("--num_cls", type=int, default=400, help="labelled questions in cls_train.jsonl (cls_eval: a quarter)")
     parser.add_argument("--num_emb", type=int, default=400, help="retrieval rows in emb_train.jsonl (emb_eval: a quarter)")
+    parser.add_argument("--num_arithmetic", type=int, default=2000, help="chat rows in arithmetic/sft_train.jsonl")
+    parser.add_argument("--num_arithmetic_pairs", type=int, default=600, help="pairs in arithmetic/pref_train.jsonl")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
@@ -263,6 +301,7 @@ def main():
     write_jsonl(out / "cls_eval.jsonl", classification_rows(cls_rng, args.num_cls // 4))
     write_jsonl(out / "emb_train.jsonl", embedding_rows(emb_rng, args.num_emb))
     write_jsonl(out / "emb_eval.jsonl", embedding_rows(emb_rng, args.num_emb // 4))
+    write_arithmetic_task(out / "arithmetic", random.Random(args.seed + 3), args.num_arithmetic, args.num_arithmetic_pairs)
     print(f"wrote {len(train_rows)} train rows, {len(eval_rows)} eval rows, {len(lines)} corpus lines, "
           f"{args.num_pairs} + {args.num_eval_pairs} preference pairs to {out}")
 

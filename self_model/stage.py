@@ -14,6 +14,7 @@ from self_model.config import RunConfig, StageSpec, import_class, load_config
 from self_model.data.built import BuiltData
 from self_model.errors import ConfigError, UserError, exit_on_user_error
 from self_model.modeling import check_environment, gpu_memory, load_tokenizer, speed_defaults, weight_dtype
+from self_model.report import run_clock, write_report
 from self_model.runs import RunDir, is_main_process, release_locks
 from self_model.template import IGNORE_INDEX, ChatTemplate, Renderer, load_renderer, use_chat_template
 from self_model.tracking import finish_runs, setup_tracking, start_runs, tensorboard_dir
@@ -131,6 +132,7 @@ def fit(trainer, run: RunDir, eval_before: bool) -> dict:
             "only the resumed steps")
     guard = RunGuard(trainer, run.numerics, loss_sum_before or 0.0)
     trainer.add_callback(guard)
+    trainer.add_callback(run_clock())
     start_runs(args.report_to, args.output_dir, args.run_name)
     guard.install()
     metrics = {}
@@ -273,6 +275,7 @@ def save_final(trainer, tokenizer, renderer: Renderer | None, run: RunDir, cfg: 
     staged.write_yaml("config.yaml", cfg.resolved)
     staged.memory_plan = run.memory_plan
     staged.write_manifest(cfg, stage, {**extra, "data": data.manifest(), "metrics": metrics})
+    write_report(staged.path, stage, trainer.state.log_history, metrics)
     run.publish()
     label = ", ".join(str(v) for v in (extra.get("algorithm"), extra.get("backend")) if v)
     say(f"done{f' ({label})' if label else ''}: {describe_metrics(metrics)}; saved to {run.path}")

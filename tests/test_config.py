@@ -54,6 +54,10 @@ def test_every_shipped_config_loads():
                 load_config_file(stage_for(path), path, check_files=rel.parts[1] == "examples")
             elif rel.parts[1] == "eval" and rel.parts[2] != "lm_eval_tasks":
                 load_eval_config(str(path), check_files=False)  # e.g. GSM8K, fetched by the user first
+            elif rel.parts[1] == "pipeline":
+                from self_model.pipeline import load_pipeline
+
+                load_pipeline(str(path))  # stages, keys, references, outputs (each step's config: test_run_pipeline.py)
             elif rel.parts[1] == "data_config":
                 load_process_settings(str(path), check_files=False)  # inputs are what fetch_dataset.py writes
             elif rel.parts[1] == "trace_config":

@@ -8,6 +8,7 @@ from self_model.config import RunConfig, StageSpec, replace_model
 from self_model.data.built import EVAL, TRAIN
 from self_model.data.rl import RLDataArgs, build_prompts
 from self_model.modeling import load_model
+from self_model.report import write_report
 from self_model.rlhf import rewards, trl_backend, verl_backend
 from self_model.rlhf.algorithms import algorithm_name
 from self_model.rlhf.rl_config import RLArgs, rl_checks
@@ -99,6 +100,7 @@ def run_verl(cfg: RunConfig, algorithm: str, run: RunDir, tokenizer, renderer, d
     steps = verl_backend.read_metrics(run.path)
     metrics = reward_curve(steps, "critic/score/mean")
     run.write_manifest(cfg, algorithm, {"backend": "verl", "data": data.manifest(), "metrics": metrics, "steps": steps})
+    write_report(run.path, algorithm, steps, metrics)
     say(f"done ({algorithm}, verl): {describe_metrics(metrics)}; actor exported to {exported}")
     return None
 
