@@ -23,6 +23,7 @@ OUT = Path(os.environ.get("OUT", WORK / "out"))
 DATA = REPO_ROOT / "examples" / "tiny" / "data"
 SHAPE = os.environ.get("AFTER_SHAPE", "0.5b")  # `smoke` checks the CPU-side steps (train, merge) in seconds
 SFT_STEPS = int(os.environ.get("AFTER_SFT_STEPS", "300"))
+SCHEMES = ("w4a16", "w8a8", "fp8")
 PROMPTS = 256  # throughput: prompts x up to 256 new tokens, on the untrained base (it rarely stops early)
 
 
@@ -154,7 +155,8 @@ def step_serve() -> None:
 
     port = 8765
     command = [sys.executable, "-m", "self_model.serve", "--model", str(WORK / "lora"), "--backend", "vllm",
-               "--port", str(port), "--", "--max-model-len", "1024", "--gpu-memory-utilization", "0.5"]
+               "--port", str(port), "--", "--max-model-len", "1024", "--gpu-memory-utilization", "0.5",
+               "--enforce-eager"]  # one reply: CUDA-graph capture would cost more than it saves
     log = (OUT / "vllm_serve.log").open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     started, result = time.perf_counter(), {"command": command}
@@ -179,25 +181,32 @@ def step_serve() -> None:
 
 
 def step_quantize() -> None:
-    """Each scheme's export (calibrated on the run's eval file), its size, and its chat perplexity in vLLM vs bf16."""
+    """Each scheme's export (calibrated on the run's eval file), its size, and its chat perplexity in vLLM vs bf16.
+    `quantize [SCHEME ...]` runs some schemes (results add up in quantize.json across calls)."""
     from self_model.quantize import main as quantize_main
 
-    results = {}
-    for scheme in ("w4a16", "w8a8", "fp8"):
+    path = OUT / "quantize.json"
+    results = json.loads(path.read_text())["results"] if path.is_file() else {}
+    for scheme in sys.argv[2:] or SCHEMES:
         started = time.perf_counter()
         code = quantize_main(["--model", str(WORK / "merged_bf16"), "--scheme", scheme, "--output_dir",
                               str(WORK / f"q_{scheme}"), "--iters", "50", "--samples", "64", "--seqlen", "256",
                               "--overwrite"])
         manifest = json.loads((WORK / f"q_{scheme}" / "manifest.json").read_text())
-        results[scheme] = {"exit": code, "seconds": time.perf_counter() - started, **manifest["size_on_disk"]}
-    for name in ("merged_bf16", *(f"q_{s}" for s in results)):
-        out = WORK / f"ppl_{name}.json"
-        subprocess.run([sys.executable, __file__, "ppl", str(WORK / name), str(out)], check=True, timeout=900)
-        results.setdefault(name.removeprefix("q_"), {}).update(json.loads(out.read_text()))
-    bf16 = results["merged_bf16"]["perplexity"]
-    for scheme in ("w4a16", "w8a8", "fp8"):
-        results[scheme]["perplexity_ratio_vs_bf16"] = results[scheme]["perplexity"] / bf16
-    record("quantize", results)
+        results[scheme] = {"exit": code, "seconds": time.perf_counter() - started, **manifest["size_on_disk"],
+                           "perplexity": model_perplexity(WORK / f"q_{scheme}")}
+    if "merged_bf16" not in results:
+        results["merged_bf16"] = {"perplexity": model_perplexity(WORK / "merged_bf16")}
+    for scheme in set(SCHEMES) & set(results):
+        results[scheme]["perplexity_ratio_vs_bf16"] = results[scheme]["perplexity"] / results["merged_bf16"]["perplexity"]
+    record("quantize", {"results": results})
+
+
+def model_perplexity(model: Path) -> float:
+    """Chat perplexity on the eval file in vLLM, in its own process (vLLM holds the GPU until its process ends)."""
+    out = WORK / f"ppl_{model.name}.json"
+    subprocess.run([sys.executable, __file__, "ppl", str(model), str(out)], check=True, timeout=900)
+    return json.loads(out.read_text())["perplexity"]
 
 
 def ppl_worker(model: str, out: str) -> None:
@@ -205,7 +214,7 @@ def ppl_worker(model: str, out: str) -> None:
     from self_model.generation import open_engine
     from self_model.outputs import OutputDir
 
-    engine = open_engine(OutputDir.open(model), "vllm", max_model_len=1024)
+    engine = open_engine(OutputDir.open(model), "vllm", max_model_len=1024, enforce_eager=True)  # no decoding
     Path(out).write_text(json.dumps(perplexity(engine, PerplexityTask(file=str(DATA / "sft_eval.jsonl")), 0)))
 
 
@@ -228,7 +237,7 @@ def step_summary() -> None:
         lines.append(f"| vllm serve (adapter) start-up s, reply | {found['serve'].get('startup_seconds', 0):.0f}, "
                      f"{found['serve'].get('reply', '')!r} |")
     if "quantize" in found:
-        for scheme, r in found["quantize"].items():
+        for scheme, r in found["quantize"]["results"].items():
             if "perplexity_ratio_vs_bf16" in r:
                 lines.append(f"| {scheme}: MiB, perplexity ratio vs bf16 | {r['bytes'] / 2**20:.0f}, "
                              f"{r['perplexity_ratio_vs_bf16']:.3f} |")

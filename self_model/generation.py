@@ -164,7 +164,7 @@ class VLLMEngine(Engine):
     """vLLM's offline engine; an adapter is served on its base through vLLM's LoRA support."""
 
     def __init__(self, output: OutputDir, tokenizer, renderer: Renderer | None, dtype: str = "auto",
-                 max_model_len: int | None = None, seed: int = 0):
+                 max_model_len: int | None = None, seed: int = 0, **vllm_args):
         super().__init__(output, tokenizer, renderer)
         try:
             from vllm import LLM
@@ -181,7 +181,7 @@ class VLLMEngine(Engine):
             rank = json.loads((Path(output.path) / "adapter_config.json").read_text())["r"]
             lora = {"enable_lora": True, "max_lora_rank": max(8, rank), "max_loras": 1}
         self.llm = LLM(model=output.base or output.path, tokenizer=output.path, dtype=DTYPES[dtype], seed=seed,
-                       max_model_len=max_model_len, **lora)
+                       max_model_len=max_model_len, **lora, **vllm_args)
         self.lora = None
         if output.is_adapter:
             from vllm.lora.request import LoRARequest
@@ -214,10 +214,12 @@ class VLLMEngine(Engine):
 
 
 def open_engine(output: OutputDir, backend: str = "transformers", template: str | None = None, dtype: str = "auto",
-                batch_size: int = 8, chat: bool = True, seed: int = 0, max_model_len: int | None = None) -> Engine:
-    """Tokenizer, template and model of an output directory on the chosen backend (`chat`: a template is needed)."""
+                batch_size: int = 8, chat: bool = True, seed: int = 0, max_model_len: int | None = None,
+                **vllm_args) -> Engine:
+    """Tokenizer, template and model of an output directory on the chosen backend (`chat`: a template is needed;
+    `vllm_args`: more `vllm.LLM` arguments, e.g. enforce_eager)."""
     tokenizer = output.load_tokenizer()
     renderer = output.renderer(tokenizer, template) if chat or output.has_template(tokenizer) or template else None
     if backend == "vllm":
-        return VLLMEngine(output, tokenizer, renderer, dtype, max_model_len=max_model_len, seed=seed)
+        return VLLMEngine(output, tokenizer, renderer, dtype, max_model_len=max_model_len, seed=seed, **vllm_args)
     return TransformersEngine(output, tokenizer, renderer, dtype, batch_size)
