@@ -187,19 +187,18 @@ def step_quantize() -> None:
 
     path = OUT / "quantize.json"
     results = json.loads(path.read_text())["results"] if path.is_file() else {}
+    results.setdefault("merged_bf16", {"perplexity": model_perplexity(WORK / "merged_bf16")})
     for scheme in sys.argv[2:] or SCHEMES:
         started = time.perf_counter()
         code = quantize_main(["--model", str(WORK / "merged_bf16"), "--scheme", scheme, "--output_dir",
                               str(WORK / f"q_{scheme}"), "--iters", "50", "--samples", "64", "--seqlen", "256",
                               "--overwrite"])
+        seconds = time.perf_counter() - started
         manifest = json.loads((WORK / f"q_{scheme}" / "manifest.json").read_text())
-        results[scheme] = {"exit": code, "seconds": time.perf_counter() - started, **manifest["size_on_disk"],
-                           "perplexity": model_perplexity(WORK / f"q_{scheme}")}
-    if "merged_bf16" not in results:
-        results["merged_bf16"] = {"perplexity": model_perplexity(WORK / "merged_bf16")}
-    for scheme in set(SCHEMES) & set(results):
-        results[scheme]["perplexity_ratio_vs_bf16"] = results[scheme]["perplexity"] / results["merged_bf16"]["perplexity"]
-    record("quantize", {"results": results})
+        ppl = model_perplexity(WORK / f"q_{scheme}")
+        results[scheme] = {"exit": code, "seconds": seconds, **manifest["size_on_disk"], "perplexity": ppl,
+                           "perplexity_ratio_vs_bf16": ppl / results["merged_bf16"]["perplexity"]}
+        record("quantize", {"results": results})  # after each scheme: a call that runs out of time keeps the rest
 
 
 def model_perplexity(model: Path) -> float:

@@ -165,3 +165,50 @@ def test_teacher_equal_to_the_student_and_sft_only_keys_are_refused(tmp_path, te
         load(tmp_path, teacher, training_args={"packing": True})
     fields = training_arg_types(train_gkd.STAGE.training_args_class)  # TRL still names every field we set or refuse
     assert set(train_gkd.STAGE.owned_training_args) | set(train_gkd.SFT_ONLY_FIELDS) <= set(fields)
+
+
+def test_an_on_policy_step_divides_its_loss_by_the_sampled_tokens(tmp_path, monkeypatch):
+    from datasets import Dataset
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from self_model.distill.gkd_trainer import RecountingGKDTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
+    torch.manual_seed(0)
+    student = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY_MODEL_CONFIG))
+    teacher = AutoModelForCausalLM.from_pretrained(make_teacher(tmp_path / "teacher"))
+    args = GKDConfig(output_dir=str(tmp_path / "out"), lmbda=1.0, beta=0.5, max_new_tokens=16, report_to="none",
+                     bf16=False)
+    # a data batch of prompts (left-padded, as sampling needs) with a one-token completion each
+    prompts = tokenizer(["What is 2 + 2?", "Name a colour."], padding=True, padding_side="left", return_tensors="pt")
+    answers = torch.tensor([[tokenizer.convert_tokens_to_ids("4")], [tokenizer.eos_token_id]])
+    ids = torch.cat([prompts.input_ids, answers], dim=1)
+    batch = {"prompts": prompts.input_ids, "prompt_attention_mask": prompts.attention_mask, "input_ids": ids,
+             "attention_mask": torch.cat([prompts.attention_mask, torch.ones_like(answers)], dim=1),
+             "labels": torch.where(ids == answers.expand_as(ids), ids, -100)}
+
+    sampled = []
+
+    def sample_once(*inputs):  # the same completions for both trainers
+        if not sampled:
+            sampled.append(GKDTrainer.generate_on_policy_outputs(*inputs))
+        return sampled[0]
+
+    losses = {}
+    for trainer_class in (RecountingGKDTrainer, GKDTrainer):
+        trainer = trainer_class(model=student, teacher_model=teacher, args=args, processing_class=tokenizer,
+                                train_dataset=Dataset.from_dict({key: value.tolist() for key, value in batch.items()}))
+        monkeypatch.setattr(trainer, "generate_on_policy_outputs", sample_once)
+        count = trainer._get_num_items_in_batch([batch], student.device)
+        assert count == 2  # the data batch's completion tokens
+        losses[trainer_class] = trainer.training_step(student, dict(batch), count).item()
+
+    new_ids, new_mask, new_labels = sampled[0]
+    assert (new_labels[:, 1:] != -100).sum() > 2 * count  # more sampled tokens than the data batch's
+    with torch.no_grad():
+        expected = GKDTrainer.generalized_jsd_loss(student(new_ids, attention_mask=new_mask).logits[:, :-1],
+                                                   teacher(new_ids, attention_mask=new_mask).logits[:, :-1],
+                                                   labels=new_labels[:, 1:], beta=0.5).item()
+    assert abs(losses[RecountingGKDTrainer] - expected) < 1e-5, (losses, expected)
+    assert abs(losses[GKDTrainer] - expected) > 1e-3  # TRL 1.12 divides by the data batch's 2 tokens

@@ -206,7 +206,7 @@ def with_completion_mask(data, tokenizer):
 
 def train(cfg: RunConfig, dry_run: bool = False):
     """Run the stage; returns the trainer (None for a dry run)."""
-    from trl.experimental.gkd import GKDTrainer
+    from self_model.distill.gkd_trainer import RecountingGKDTrainer
 
     run, training_args, tokenizer, renderer = open_stage(cfg, STAGE, dry_run)
     teacher_cfg = teacher_config(cfg, training_args)
@@ -217,9 +217,9 @@ def train(cfg: RunConfig, dry_run: bool = False):
     data = with_completion_mask(data, tokenizer)
     model = load_model(cfg, tokenizer, training_args)
     set_stop_tokens(model, tokenizer, renderer.stop_words(tokenizer))  # on-policy samples end at the end of the turn
-    trainer = GKDTrainer(model=model, teacher_model=load_teacher(teacher_cfg, tokenizer, training_args, rows),
-                         args=training_args, train_dataset=data.train, eval_dataset=data.eval,
-                         processing_class=tokenizer, peft_config=build_peft_config(cfg))
+    trainer = RecountingGKDTrainer(model=model, teacher_model=load_teacher(teacher_cfg, tokenizer, training_args, rows),
+                                   args=training_args, train_dataset=data.train, eval_dataset=data.eval,
+                                   processing_class=tokenizer, peft_config=build_peft_config(cfg))
     metrics = fit(trainer, run, cfg.eval_before_training)
     save_final(trainer, tokenizer, renderer, run, cfg, STAGE.name, data, metrics, teacher=teacher_cfg.model_name_or_path,
                teacher_rows=rows)
