@@ -207,10 +207,15 @@ def one_digit_facts():
     facts = []
     for a in range(10):
         for b in range(10):
-            facts.append((f"What is {a} + {b}?", f"{a} + {b} = {a + b}.", a + b))
+            facts.append((f"What is {a} + {b}?", fact_answer(f"{a} + {b}", a + b), a + b))
             if a >= b:
-                facts.append((f"What is {a} - {b}?", f"{a} - {b} = {a - b}.", a - b))
+                facts.append((f"What is {a} - {b}?", fact_answer(f"{a} - {b}", a - b), a - b))
     return facts
+
+
+def fact_answer(expression, result):
+    """The worked fact and its marked final answer (math_accuracy credits only a marked answer)."""
+    return f"{expression} = {result}. Answer: {result}."
 
 
 def write_arithmetic_task(out, rng, num_train, num_pairs):
@@ -228,7 +233,7 @@ def write_arithmetic_task(out, rng, num_train, num_pairs):
     for question, answer, result in (rng.choice(facts) for _ in range(num_pairs)):
         wrong = max(0, result + rng.choice([-2, -1, 1, 2]))
         wrong = wrong if wrong != result else result + 1
-        pairs.append({"prompt": question, "chosen": answer, "rejected": answer.replace(f"= {result}.", f"= {wrong}.")})
+        pairs.append({"prompt": question, "chosen": answer, "rejected": fact_answer(answer.split(" =")[0], wrong)})
     write_jsonl(out / "pref_train.jsonl", pairs)
 
 
