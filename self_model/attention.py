@@ -25,9 +25,6 @@ def document_boundaries(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
 
     A document starts at each row start and wherever a position id is not the previous one plus one (as
     transformers' `find_packed_sequence_indices` decides)."""
-    key = (position_ids.data_ptr(), position_ids._version, tuple(position_ids.shape))
-    if _boundaries_cache.get("key") == key:  # every layer of one forward (and its recomputation) asks again
-        return _boundaries_cache["value"]
     rows, length = position_ids.shape
     starts = torch.ones_like(position_ids, dtype=torch.bool)
     starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
@@ -35,8 +32,19 @@ def document_boundaries(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     total = torch.tensor([rows * length], dtype=torch.int32, device=position_ids.device)
     cu_seqlens = torch.cat([start_index, total])
     longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-    _boundaries_cache.update(key=key, value=(cu_seqlens, longest))
     return cu_seqlens, longest
+
+
+def forward_boundaries(position_ids: torch.Tensor, batch: int, tokens: int) -> tuple[torch.Tensor, int]:
+    """`document_boundaries` once per forward: every layer (and its recomputation) passes the same position_ids
+    object. Keyed on that object, not its address: a new batch's tensor can reuse a freed one's memory."""
+    cached = _boundaries_cache
+    if (cached.get("source") is position_ids and cached["version"] == position_ids._version
+            and cached["shape"] == (batch, tokens)):
+        return cached["value"]
+    value = document_boundaries(position_ids.expand(batch, tokens))
+    cached.update(source=position_ids, version=position_ids._version, shape=(batch, tokens), value=value)
+    return value
 
 
 def _kernel_runs(query: torch.Tensor, dropout: float, sliding_window: int | None) -> bool:
@@ -79,8 +87,7 @@ def varlen_attention(
     batch, heads, tokens, dim = query.shape
     if position_ids is None:
         position_ids = torch.arange(tokens, device=query.device).expand(batch, tokens)
-    position_ids = position_ids.expand(batch, tokens)
-    cu_seqlens, longest = document_boundaries(position_ids)
+    cu_seqlens, longest = forward_boundaries(position_ids, batch, tokens)
     flat_q, flat_k, flat_v = (t.transpose(1, 2).reshape(batch * tokens, t.shape[1], dim) for t in (query, key, value))
     if _kernel_runs(query, dropout, sliding_window):
         from torch.nn.attention.varlen import varlen_attn

@@ -165,3 +165,15 @@ def test_cpt_blocks_record_their_documents(tmp_path):
     expected = [label for block in blocks[:2] for label in block_labels(block, isolate_documents=True)]
     assert batch["labels"][0].tolist() == expected
     assert data.preview[0]["labels"] == block_labels(blocks[0], isolate_documents=True)
+
+
+def test_boundaries_of_a_new_batch_are_its_own():
+    """A new batch's position_ids may sit where a freed batch's were (same address, shape and version counter): the
+    boundaries cached for the old batch must not be served for it."""
+    storage = torch.tensor([[0, 1, 2, 0, 1]])
+    old_batch = storage.view(1, 5)
+    assert attention.forward_boundaries(old_batch, 1, 5)[0].tolist() == [0, 3, 5]
+    storage.data.copy_(torch.arange(5))  # new content at the same address, the version counter unchanged
+    new_batch = storage.view(1, 5)
+    assert new_batch.data_ptr() == old_batch.data_ptr() and new_batch._version == old_batch._version
+    assert attention.forward_boundaries(new_batch, 1, 5)[0].tolist() == [0, 5]
