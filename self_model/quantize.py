@@ -36,16 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def calibration_file(output: OutputDir, given: str | None) -> str:
-    """--calibration, else the eval file the run was trained with (its first, if several)."""
+    """--calibration, else the eval file the run was trained with (its first, if several; a merged model's adapter's)."""
     if given:
         found = locate(given)
         if not Path(found.rsplit("#", 1)[0]).is_file():
             raise UserError(f"--calibration {given}: file not found")
         return found
-    eval_file = (output.training_config().get("data") or {}).get("eval_file")
+    trained = output
+    adapter = (output.manifest.get("parents") or {}).get("adapter")
+    if adapter and not (Path(output.path) / "config.yaml").is_file() and Path(adapter).is_dir():
+        trained = OutputDir.open(adapter)  # a merged model: its weights were trained by the adapter's run
+    eval_file = (trained.training_config().get("data") or {}).get("eval_file")
     eval_file = eval_file[0] if isinstance(eval_file, list) else eval_file
     if not eval_file or not Path(locate(eval_file).rsplit("#", 1)[0]).is_file():
-        raise UserError(f"{output.path} records no eval file that exists here (config.yaml data.eval_file: "
+        raise UserError(f"{trained.path} records no eval file that exists here (config.yaml data.eval_file: "
                         f"{eval_file}); pass --calibration FILE")
     return locate(eval_file)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from self_model.merge_lora import main as merge_main
-from tests.helpers import SFT_TRAIN, tiny_sft_config, write_yaml
+from tests.helpers import SFT_EVAL, SFT_TRAIN, tiny_sft_config, write_yaml
 
 PROBE = ["<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n", "计算 12 加 7。"]
 
@@ -63,6 +63,22 @@ def test_merged_model_is_a_stage_starting_point(tiny_outputs, tmp_path):
     train(load_config_file(STAGE, write_yaml(tmp_path / "sft.yaml", config)))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["model_name_or_path"] == str(merged) and manifest["metrics"]["train_loss"] > 0
+
+
+def test_merged_model_calibrates_on_its_adapters_eval_data(tiny_outputs, tmp_path):
+    """quantize's default calibration data for a merged model is the eval file its adapter's run trained with."""
+    import yaml
+
+    from self_model.outputs import OutputDir
+    from self_model.quantize import calibration_file
+
+    adapter, merged = tmp_path / "lora", tmp_path / "merged"
+    shutil.copytree(tiny_outputs["lora"], adapter)
+    config = yaml.safe_load((adapter / "config.yaml").read_text())
+    config["data"]["eval_file"] = str(SFT_EVAL)
+    (adapter / "config.yaml").write_text(yaml.safe_dump(config))
+    merge_main(["--adapter", str(adapter), "--output_dir", str(merged)])
+    assert calibration_file(OutputDir.open(str(merged)), None) == str(SFT_EVAL)
 
 
 def test_bad_inputs_get_one_message(tiny_outputs, tmp_path, capsys):
