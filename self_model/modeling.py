@@ -134,6 +134,12 @@ def attention_for(cfg: RunConfig, packed: bool) -> str:
         name = attention.VARLEN if packed and cuda_available() else "sdpa"
     if name == attention.VARLEN:
         attention.register()
+    if name == "sdpa" and cuda_available():
+        import torch
+
+        # torch 2.11's cuDNN SDPA backward returns NaN for a query row that sees no key, as left-padded batches
+        # (GKD's, GRPO's) have: a bf16 GKD LoRA run had NaN gradients at step 29 (docs/benchmarks.md, Methods)
+        torch.backends.cuda.enable_cudnn_sdp(False)
     return name
 
 
