@@ -177,3 +177,20 @@ def test_boundaries_of_a_new_batch_are_its_own():
     new_batch = storage.view(1, 5)
     assert new_batch.data_ptr() == old_batch.data_ptr() and new_batch._version == old_batch._version
     assert attention.forward_boundaries(new_batch, 1, 5)[0].tolist() == [0, 5]
+
+
+def test_sdpa_on_a_gpu_turns_the_cudnn_kernel_off(monkeypatch):
+    """torch 2.11's cuDNN SDPA backward gives NaN for left-padding rows (GKD's batches), so SDPA runs without it."""
+    from types import SimpleNamespace
+
+    from self_model import modeling
+
+    monkeypatch.setattr(modeling, "cuda_available", lambda: True)
+    cfg = SimpleNamespace(model=SimpleNamespace(attn_implementation="auto"))
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        assert modeling.attention_for(cfg, packed=True) == attention.VARLEN and torch.backends.cuda.cudnn_sdp_enabled()
+        assert modeling.attention_for(cfg, packed=False) == "sdpa" and not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
