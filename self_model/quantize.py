@@ -45,7 +45,9 @@ def calibration_file(output: OutputDir, given: str | None) -> str:
     trained = output
     adapter = (output.manifest.get("parents") or {}).get("adapter")
     if adapter and not (Path(output.path) / "config.yaml").is_file() and Path(adapter).is_dir():
-        trained = OutputDir.open(adapter)  # a merged model: its weights were trained by the adapter's run
+        # a merged model: its weights were trained by the adapter's run (only its config.yaml is read, so the
+        # adapter's base need not be found)
+        trained = OutputDir(adapter)
     eval_file = (trained.training_config().get("data") or {}).get("eval_file")
     eval_file = eval_file[0] if isinstance(eval_file, list) else eval_file
     if not eval_file or not Path(locate(eval_file).rsplit("#", 1)[0]).is_file():
