@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The RL stages on one GPU through verl (issue 13): PPO with a critic, a LoRA actor, DAPO, a killed and resumed
 # GSPO run, and GRPO scored by a reward model. Each part is one of our stage scripts on the shipped configs,
-# pointed at a small random-init Qwen2 (head_dim 64, for vLLM) and GSM8K prompts from ../.gpu-data/gsm8k.
+# pointed at a small random-init Qwen2 (head_dim 64, for vLLM) and GSM8K prompts from .gpu-data/gsm8k (copied from ../shared/data/gsm8k and carried).
 #   LIMIT=540 bash bench/gpu_rl.sh ppo     (one part per 600 s device call; parts: ppo lora dapo resume rm;
 #   LIMIT is each stage's time limit in seconds; gpu bundle installed; logs and a summary under $OUT)
 set -uo pipefail
@@ -10,7 +10,7 @@ LIMIT=${LIMIT:-540}; OUT=${OUT:-bench/results}; mkdir -p "$OUT/logs"; RUNS=/tmp/
 python3 -c "import json; c = json.load(open('examples/tiny/model_config.json')); c.update(hidden_size=256, \
 intermediate_size=704, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, dtype='bfloat16'); \
 json.dump(c, open('$RUNS/model/config.json', 'w'))"
-DATA=../.gpu-data/gsm8k
+DATA=.gpu-data/gsm8k
 # the bundle installs without bytecode: compile the big packages while the first run starts Ray (vLLM's server
 # start-up otherwise spends minutes compiling its imports)
 [ -d /tmp/site/vllm ] && (python3 -m compileall -q -j 12 /tmp/site/vllm /tmp/site/verl /tmp/site/transformers /tmp/site/ray > /dev/null 2>&1 &)
