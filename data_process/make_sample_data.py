@@ -12,10 +12,12 @@ Writes `sft_train.jsonl` and `sft_eval.jsonl` (OpenAI-style `{"messages": [...]}
 `emb_eval.jsonl` (`query`/`positive`/`negative`: a question, its right answer, a wrong one) for embedding models.
 
 `arithmetic/` holds the demo pipeline's checkable task (config/pipeline/tiny.yaml): one-digit additions and
-subtractions, a table of 155 facts. `sft_train.jsonl` (chat rows), `pref_train.jsonl` (right vs wrong result),
-`prompts_train.jsonl` (GRPO) and `eval.jsonl` (every fact once, prompt + ground truth, for exact-match accuracy) and
-`sft_eval.jsonl` (the same facts answered, for eval loss). Eval asks the facts that training teaches: the task
-measures how well a model has learnt the table, not generalisation to unseen numbers.
+subtractions, a table of 155 facts. The labelled data covers half of them, as when written demonstrations are
+scarce and prompts with a checkable answer are not: `sft_train.jsonl` (chat rows) and `pref_train.jsonl` (right vs
+wrong result) use the demonstrated half only, `prompts_train.jsonl` (GRPO, answers checked by the reward) has every
+fact. `eval.jsonl` asks every fact once (prompt + ground truth, for exact-match accuracy), `eval_held_out.jsonl`
+the facts with no demonstration, and `sft_eval.jsonl` answers every fact (for eval loss). The task measures how
+much of the table a model has learnt, not generalisation to unseen numbers.
 """
 
 import argparse
@@ -221,16 +223,19 @@ def fact_answer(expression, result):
 def write_arithmetic_task(out, rng, num_train, num_pairs):
     """The demo pipeline's task files (see the module docstring) under `out`."""
     facts = one_digit_facts()
+    demonstrated = rng.sample(facts, len(facts) // 2)
+    held_out = [fact for fact in facts if fact not in demonstrated]
     out.mkdir(parents=True, exist_ok=True)
     chat = lambda question, answer: {"messages": [{"role": "user", "content": question},
                                                   {"role": "assistant", "content": answer}]}
     prompt = lambda question, result: {"prompt": question, "ground_truth": str(result), "data_source": "sample/one_digit"}
-    write_jsonl(out / "sft_train.jsonl", [chat(q, a) for q, a, _ in (rng.choice(facts) for _ in range(num_train))])
+    write_jsonl(out / "sft_train.jsonl", [chat(q, a) for q, a, _ in (rng.choice(demonstrated) for _ in range(num_train))])
     write_jsonl(out / "sft_eval.jsonl", [chat(q, a) for q, a, _ in facts])
     write_jsonl(out / "eval.jsonl", [prompt(q, r) for q, _, r in facts])
+    write_jsonl(out / "eval_held_out.jsonl", [prompt(q, r) for q, _, r in held_out])
     write_jsonl(out / "prompts_train.jsonl", [prompt(q, r) for q, _, r in rng.sample(facts, len(facts))])
     pairs = []
-    for question, answer, result in (rng.choice(facts) for _ in range(num_pairs)):
+    for question, answer, result in (rng.choice(demonstrated) for _ in range(num_pairs)):
         wrong = max(0, result + rng.choice([-2, -1, 1, 2]))
         wrong = wrong if wrong != result else result + 1
         pairs.append({"prompt": question, "chosen": answer, "rejected": fact_answer(answer.split(" =")[0], wrong)})

@@ -131,18 +131,20 @@ def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_report(run_dir: Path, stage: str, rows: list[dict], metrics: dict) -> Path:
+def write_report(run_dir: Path, stage: str, rows: list[dict], metrics: dict, final_dir: Path | None = None) -> Path:
     """The end of every stage: its logged rows to log_history.jsonl, then report.md and the plots."""
     write_log(run_dir, rows)
-    return write_run_report(run_dir, stage, metrics)
+    return write_run_report(run_dir, stage, metrics, final_dir)
 
 
-def write_run_report(run_dir: Path, stage: str, metrics: dict) -> Path:
-    """report.md and the plots of one stage run, from its log_history.jsonl."""
+def write_run_report(run_dir: Path, stage: str, metrics: dict, final_dir: Path | None = None) -> Path:
+    """report.md and the plots of one stage run, from its log_history.jsonl; titled with `final_dir` when the run is
+    written into a staging folder first."""
     run_dir = Path(run_dir)
+    shown = Path(final_dir or run_dir)
     rows = read_log(run_dir)
-    plots = plot_run(rows, run_dir, f"{stage} ({run_dir.name})")
-    lines = [f"# {stage}: {run_dir}", "", "## Final metrics", "", "| metric | value |", "|---|---|"]
+    plots = plot_run(rows, run_dir, f"{stage} ({shown.name})")
+    lines = [f"# {stage}: {shown}", "", "## Final metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {key} | {_number(value)} |" for key, value in metrics.items() if isinstance(value, (int, float, str))]
     lines += ["", f"## Plots (from {LOG_FILE}: {len(rows)} logged rows)", ""]
     for name, counts in plots.items():

@@ -275,7 +275,7 @@ def save_final(trainer, tokenizer, renderer: Renderer | None, run: RunDir, cfg: 
     staged.write_yaml("config.yaml", cfg.resolved)
     staged.memory_plan = run.memory_plan
     staged.write_manifest(cfg, stage, {**extra, "data": data.manifest(), "metrics": metrics})
-    write_report(staged.path, stage, trainer.state.log_history, metrics)
+    write_report(staged.path, stage, trainer.state.log_history, metrics, final_dir=run.path)
     run.publish()
     label = ", ".join(str(v) for v in (extra.get("algorithm"), extra.get("backend")) if v)
     say(f"done{f' ({label})' if label else ''}: {describe_metrics(metrics)}; saved to {run.path}")

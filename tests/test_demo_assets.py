@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "tiny"
 DATA_FILES = ["sft_train.jsonl", "sft_eval.jsonl", "corpus.txt", "pref_train.jsonl", "pref_eval.jsonl", "rl_prompts.jsonl",
               "cls_train.jsonl", "cls_eval.jsonl", "emb_train.jsonl", "emb_eval.jsonl"]
+ARITHMETIC_FILES = ["sft_train.jsonl", "sft_eval.jsonl", "eval.jsonl", "eval_held_out.jsonl", "prompts_train.jsonl",
+                    "pref_train.jsonl"]
 TEXTS = [
     "What is 12 + 7? 12 + 7 = 19.",
     "计算 12 加 7。12 加 7 等于 19。",
@@ -38,8 +40,19 @@ def tokenizer():
 def test_sample_data_is_deterministic_and_matches_shipped(tmp_path):
     result = run_script(ROOT / "data_process" / "make_sample_data.py", "--out_dir", tmp_path, "--seed", "0")
     assert result.returncode == 0, result.stderr
-    for name in DATA_FILES:
+    for name in DATA_FILES + [f"arithmetic/{name}" for name in ARITHMETIC_FILES]:
         assert (tmp_path / name).read_bytes() == (TINY / "data" / name).read_bytes(), name
+
+
+def test_arithmetic_demonstrations_cover_half_the_facts_and_prompts_all():
+    read = lambda name: [json.loads(line) for line in (TINY / "data" / "arithmetic" / name).read_text().splitlines()]
+    every = {row["prompt"] for row in read("eval.jsonl")}
+    held_out = {row["prompt"] for row in read("eval_held_out.jsonl")}
+    demonstrated = {row["messages"][0]["content"] for row in read("sft_train.jsonl")}
+    assert len(every) == 155 and held_out == every - demonstrated and len(demonstrated) == 155 // 2
+    assert {row["prompt"] for row in read("pref_train.jsonl")} <= demonstrated
+    assert {row["prompt"] for row in read("prompts_train.jsonl")} == every
+    assert {row["messages"][0]["content"] for row in read("sft_eval.jsonl")} == every
 
 
 def test_sample_data_rows_are_chat_messages():

@@ -79,6 +79,7 @@ def test_trimmed_pipeline_fails_then_skips_and_resumes(tmp_path):
                               "per_device_train_batch_size": 8}}},
         "eval": {"stage": "eval", "config": "config/eval/tiny_arithmetic.yaml", "models": ["${steps.sft.output}"],
                  "overrides": {"tasks": {"arithmetic": {"file": f"{ARITHMETIC / 'eval.jsonl'}#8", "max_new_tokens": 6},
+                                         "held_out": {"file": f"{ARITHMETIC / 'eval_held_out.jsonl'}#8", "max_new_tokens": 6},
                                          "answers": {"file": f"{ARITHMETIC / 'sft_eval.jsonl'}#8"}}}},
     }
     config = pipeline_file(tmp_path, steps)
@@ -99,7 +100,9 @@ def test_trimmed_pipeline_fails_then_skips_and_resumes(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| sft | " in report and "[report](sft/report.md)" in report and (tmp_path / "out" / "summary.png").is_file()
     logged = [json.loads(line) for line in (tmp_path / "out" / "sft" / "log_history.jsonl").read_text().splitlines()]
-    assert f"train loss: {sum('loss' in row for row in logged)} points" in (tmp_path / "out" / "sft" / "report.md").read_text()
+    sft_report = (tmp_path / "out" / "sft" / "report.md").read_text()
+    assert f"train loss: {sum('loss' in row for row in logged)} points" in sft_report
+    assert sft_report.startswith(f"# sft: {tmp_path / 'out' / 'sft'}\n")  # the run's folder, not the staging one
 
     again = run_script("self_model/pipeline.py", "--config", config)
     assert again.returncode == 0 and again.stdout.count("unchanged since") == 3, again.stdout[-2000:]
