@@ -2,7 +2,7 @@
 # The RL stages on one GPU through verl (issue 13): PPO with a critic, a LoRA actor, DAPO, a killed and resumed
 # GSPO run, and GRPO scored by a reward model. Each part is one of our stage scripts on the shipped configs,
 # pointed at a small random-init Qwen2 (head_dim 64, for vLLM) and GSM8K prompts from .gpu-data/gsm8k (copied from ../shared/data/gsm8k and carried).
-#   LIMIT=540 bash bench/gpu_rl.sh ppo     (one part per 600 s device call; parts: ppo lora dapo resume rm;
+#   LIMIT=540 bash bench/gpu_rl.sh ppo     (one part per 600 s device call; parts: ppo lora dapo algo resume rm;
 #   LIMIT is each stage's time limit in seconds; gpu bundle installed; logs and a summary under $OUT)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +42,9 @@ lora)  # LoRA actor; the exported adapter loaded with PEFT on the base
 dapo)  # DAPO: clip-higher, token-level loss, overlong penalty, dynamic sampling (a reward that varies in a group)
   stage dapo "$LIMIT" "${GRPO[@]}" rl.algorithm=dapo rl.total_steps=2 "rl.reward.functions=[examples/tiny/rewards.py:digit_share]" \
     rl.reward.weights=null rl.actor.use_kl_loss=false training_args.output_dir=$RUNS/dapo overwrite=true ;;
+algo)  # a few steps of one more algorithm: ALGO=rloo | reinforce_plus_plus | dr_grpo | gspo | grpo
+  stage "${ALGO:-rloo}" "$LIMIT" "${GRPO[@]}" rl.algorithm=${ALGO:-rloo} rl.total_steps=2 \
+    training_args.output_dir=$RUNS/${ALGO:-rloo} overwrite=true ;;
 resume)  # GSPO planned for 3 steps, killed after the step-2 checkpoint, then --resume
   rm -rf $RUNS/resume; SECONDS=0
   setsid "${GRPO[@]}" rl.algorithm=gspo rl.total_steps=3 rl.save_steps=1 training_args.output_dir=$RUNS/resume \
