@@ -82,7 +82,7 @@ def test_peft_field_reaches_verl_or_is_refused(tmp_path, name):
     values = verl_backend.verl_values(cfg, "grpo", "model", {"train": "train.parquet"}, None)
     key, expected = lands or ("lora_rank", 8)
     assert values[f"actor_rollout_ref.model.{key}"] == expected
-    assert values["actor_rollout_ref.rollout.load_format"] == "safetensors"  # vLLM loads the base, syncs the adapter
+    assert values["actor_rollout_ref.rollout.load_format"] == "auto"  # vLLM loads the base, syncs the adapter
 
 
 def test_verl_takes_unset_dropout_default_and_explicit_zero(tmp_path):
