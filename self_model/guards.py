@@ -41,6 +41,17 @@ def restored_loss_sum(checkpoint: str | None) -> float | None:
     return None if record is None else float(record["train_loss_sum"])
 
 
+def finished_state(checkpoint: str | None, max_steps: int):
+    """The checkpoint's TrainerState when it is already at `max_steps` (the run was killed while saving its final
+    model), else None."""
+    if checkpoint is None or max_steps <= 0:
+        return None
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    return state if state.global_step >= max_steps else None
+
+
 def checkpoint_bytes(model, saves_optimizer: bool) -> int:
     """What one checkpoint takes on disk: the trained weights (the adapter only, under PEFT) and AdamW's two moments."""
     trainable = [p for p in model.parameters() if p.requires_grad]

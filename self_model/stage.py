@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from self_model.config import RunConfig, StageSpec, import_class, load_config
@@ -121,8 +122,9 @@ def fit(trainer, run: RunDir, eval_before: bool) -> dict:
     faults, disk space); the train loss reported covers every step, those before a resume too. Trackers are closed
     whatever happens."""
     import torch
+    from transformers.trainer_utils import TrainOutput
 
-    from self_model.guards import Interrupted, RunGuard, restored_loss_sum
+    from self_model.guards import Interrupted, RunGuard, finished_state, restored_loss_sum
     from self_model.memory import GIB
 
     args = trainer.args
@@ -143,7 +145,16 @@ def fit(trainer, run: RunDir, eval_before: bool) -> dict:
         elif trainer.eval_dataset is not None and eval_before:
             metrics.update({f"{key}_before": value for key, value in trainer.evaluate().items() if key in DESCRIBED_METRICS})
         resume = {"resume_from_checkpoint": run.resume_checkpoint} if run.resume_checkpoint else {}
-        result = trainer.train(**resume)
+        finished = finished_state(run.resume_checkpoint, args.max_steps)
+        if finished is not None and not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+            # transformers 5.10 resumed from the last step's checkpoint runs one optimizer step more than planned
+            say(f"note: {Path(run.resume_checkpoint).name} is at the last step ({finished.global_step}): nothing is "
+                "left to train; finishing from it")
+            trainer._load_from_checkpoint(run.resume_checkpoint)
+            trainer.state = finished
+            result = TrainOutput(finished.global_step, 0.0, {"train_loss": 0.0})
+        else:
+            result = trainer.train(**resume)
         if guard.stop_signal is not None:
             raise Interrupted(interrupted_message(trainer, run, guard.stop_signal), guard.stop_signal)
         metrics.update(result.metrics if result is not None else {})  # TRL's experimental PPO returns nothing

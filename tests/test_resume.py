@@ -156,6 +156,20 @@ def test_resume_after_kill_equals_uninterrupted_run(baselines, tmp_path, capsys,
     assert_same_run(resumed, manifest, out, baseline_out)
 
 
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_kill_during_the_final_save_resumes_without_another_step(baselines, tmp_path, capsys, stage):
+    """Killed after the checkpoint at the last step, while the final model was being saved: nothing is left to
+    train (transformers alone runs one more optimizer step from such a checkpoint)."""
+    manifest, baseline_out = baselines(stage)
+    out = tmp_path / "out"
+    cut_back_to(baseline_out, out, STEPS)
+    resumed = run_stage(stage, out, "--resume")
+    assert f"checkpoint-{STEPS} is at the last step" in capsys.readouterr().out
+    assert_same_run(resumed, manifest, out, baseline_out)
+    assert [row["step"] for row in map(json.loads, (out / "log_history.jsonl").read_text().splitlines())
+            if "loss" in row] == list(range(1, STEPS + 1))
+
+
 def start_script(stage: str, out: Path, *overrides: str) -> subprocess.Popen:
     _, script, _, _ = STAGES[stage]
     return subprocess.Popen([sys.executable, str(REPO / script), *command(stage, out), *overrides], cwd=REPO,
