@@ -35,9 +35,7 @@ def restored_loss_sum(checkpoint: str | None) -> float | None:
     """The loss summed over the steps before `checkpoint` (0 without one; None when the checkpoint lacks our record)."""
     if checkpoint is None:
         return 0.0
-    from transformers import TrainerState
-
-    record = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json")).stateful_callbacks.get(LOSS_SUM_KEY)
+    record = checkpoint_state(checkpoint).stateful_callbacks.get(LOSS_SUM_KEY)
     return None if record is None else float(record["train_loss_sum"])
 
 
@@ -46,10 +44,15 @@ def finished_state(checkpoint: str | None, max_steps: int):
     model), else None."""
     if checkpoint is None or max_steps <= 0:
         return None
+    state = checkpoint_state(checkpoint)
+    return state if state.global_step >= max_steps else None
+
+
+def checkpoint_state(checkpoint: str):
+    """The Trainer's state saved in a checkpoint (trainer_state.json)."""
     from transformers import TrainerState
 
-    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-    return state if state.global_step >= max_steps else None
+    return TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
 
 
 def checkpoint_bytes(model, saves_optimizer: bool) -> int:
