@@ -83,6 +83,7 @@ def test_peft_field_reaches_verl_or_is_refused(tmp_path, name):
     key, expected = lands or ("lora_rank", 8)
     assert values[f"actor_rollout_ref.model.{key}"] == expected
     assert values["actor_rollout_ref.rollout.load_format"] == "auto"  # vLLM loads the base, syncs the adapter
+    assert values["actor_rollout_ref.actor.strategy"] == "fsdp2"  # under FSDP1 verl collects an empty adapter
 
 
 def test_verl_takes_unset_dropout_default_and_explicit_zero(tmp_path):
@@ -95,4 +96,46 @@ def test_verl_without_peft_trains_all_weights(tmp_path):
     values = verl_backend.verl_values(cfg, "grpo", "model", {"train": "train.parquet"}, None)
     assert not any(key.startswith("actor_rollout_ref.model.lora") for key in values)
     assert "actor_rollout_ref.rollout.load_format" not in values
+    assert "actor_rollout_ref.actor.strategy" not in values
 
+
+
+# verl's LoRA sync: the actor's adapter tensors as verl collects them for vLLM, under the FSDP our config picks
+COLLECT_ADAPTER = """
+import json, os, sys
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM
+from verl.utils.fsdp_utils import collect_lora_params
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1")
+dist.init_process_group("gloo")
+model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**json.load(open(sys.argv[1]))))
+model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+mesh = init_device_mesh("cpu", (1,))
+for layer in model.base_model.model.model.layers:
+    fully_shard(layer, mesh=mesh)
+fully_shard(model, mesh=mesh)
+expected = sum("lora_" in name for name, _ in model.named_parameters())
+print(len(collect_lora_params(model, layered_summon=False, base_sync_done=True)), expected)
+"""
+
+
+def test_verl_lora_actor_sends_vllm_the_whole_adapter(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from tests.helpers import TINY_MODEL_CONFIG
+
+    cfg = load(GRPO_STAGE, tmp_path, peft={"enabled": True})
+    assert verl_backend.verl_values(cfg, "grpo", "model", {"train": "t"}, None)["actor_rollout_ref.actor.strategy"] == "fsdp2"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    out = subprocess.run([sys.executable, "-c", COLLECT_ADAPTER, str(TINY_MODEL_CONFIG), port], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    collected, expected = map(int, out.stdout.split()[-2:])
+    assert collected == expected > 0

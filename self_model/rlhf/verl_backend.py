@@ -95,9 +95,11 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
         values["actor_rollout_ref.model.lora_alpha"] = cfg.peft.lora_alpha
         values["actor_rollout_ref.model.target_modules"] = cfg.peft.target_modules
         values["actor_rollout_ref.model.exclude_modules"] = cfg.peft.exclude_modules
+        # verl's default FSDP1 wraps the PeftModel's layers, so peft 0.21's adapter state dict (matched by module
+        # name) comes back empty and vLLM gets an empty adapter at the first sync; FSDP2 keeps the module names
+        values["actor_rollout_ref.actor.strategy"] = "fsdp2"
         # as verl's LoRA recipe (load_format safetensors): vLLM loads the base weights from disk and each sync sends
-        # the adapter alone (with verl's default dummy load, vLLM got an empty adapter at the first sync on an H200);
-        # `auto` also reads a model saved as .bin
+        # the adapter alone; `auto` also reads a model saved as .bin
         values["actor_rollout_ref.rollout.load_format"] = "auto"
     if rl.cluster.ray_address:
         values["+ray_kwargs.ray_init.address"] = rl.cluster.ray_address
