@@ -5,7 +5,7 @@
 RUN_DIR is a train_grpo.py/train_ppo.py output with `trainer.rollout_data_dir: RUN_DIR/rollouts` set: verl dumps
 each step's prompts, answers and scores there. Each prompt is matched to its parquet row (the conversation),
 the answer appended as the assistant turn, rendered with the RM tokenizer's chat template (as verl's reward loop
-does) and scored by the RM with transformers. Prints one line per sample and the largest difference.
+does) and scored by the RM with transformers, both tokenizers loaded as the stages load them. Prints one line per sample and the largest difference.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
+
+from self_model.modeling import load_saved_tokenizer
 
 
 def main(run_dir: Path, rm_dir: Path, n: int) -> None:
-    actor_tokenizer = AutoTokenizer.from_pretrained(run_dir / "initial_model")
-    rm_tokenizer = AutoTokenizer.from_pretrained(rm_dir)
+    actor_tokenizer = load_saved_tokenizer(run_dir / "initial_model")  # as training tokenized (AutoTokenizer may not)
+    rm_tokenizer = load_saved_tokenizer(rm_dir)
     model = AutoModelForSequenceClassification.from_pretrained(rm_dir, num_labels=1).eval()
     rows = pd.read_parquet(run_dir / "data" / "train.parquet")
     by_prompt = {}

@@ -43,15 +43,20 @@ def load_saved_tokenizer(name: str, **kwargs):
     reloaded with another tokenization."""
     from transformers import AutoTokenizer, TokenizersBackend
 
-    config_file = Path(name) / "tokenizer_config.json"
-    if config_file.is_file():
-        try:
-            saved_class = json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class")
-        except json.JSONDecodeError as err:
-            raise UserError(f"{config_file}: not valid JSON ({err})") from None
-        if saved_class == "TokenizersBackend":
-            return TokenizersBackend.from_pretrained(name, **kwargs)
+    if saved_tokenizer_class(name) == "TokenizersBackend":
+        return TokenizersBackend.from_pretrained(name, **kwargs)
     return AutoTokenizer.from_pretrained(name, **kwargs)
+
+
+def saved_tokenizer_class(name) -> str | None:
+    """The `tokenizer_class` a local directory's tokenizer_config.json records (None for a hub name, or none)."""
+    config_file = Path(name) / "tokenizer_config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class")
+    except json.JSONDecodeError as err:
+        raise UserError(f"{config_file}: not valid JSON ({err})") from None
 
 
 def set_distinct_pad_token(tokenizer) -> None:

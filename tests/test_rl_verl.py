@@ -68,12 +68,8 @@ def test_ppo_on_verl_with_the_critic_loader_hook(tmp_path):
     assert verl["algorithm"]["adv_estimator"] == "gae" and verl["critic"]["enable"] is True
     assert verl["ray_kwargs"]["ray_init"]["runtime_env"]["worker_process_setup_hook"] == verl_workers.SETUP_HOOK
     assert verl["critic"]["model"]["override_config"]["attn_implementation"] == "sdpa"
-    flash = composed(load(PPO_STAGE, tmp_path, overwrite=True, rl={"rollout": {"n": 1}},
-                          model={"init_from_config": str(TINY_MODEL_CONFIG), "attn_implementation": "flash_attention_2"}),
-                     "ppo")
-    assert "worker_process_setup_hook" not in flash["ray_kwargs"]["ray_init"].get("runtime_env", {})
-    grpo = composed(load(GRPO_STAGE, tmp_path, overwrite=True), "grpo")
-    assert "worker_process_setup_hook" not in grpo["ray_kwargs"]["ray_init"].get("runtime_env", {})
+    grpo = composed(load(GRPO_STAGE, tmp_path, overwrite=True), "grpo")  # the hook also loads tokenizers as saved
+    assert grpo["ray_kwargs"]["ray_init"]["runtime_env"]["worker_process_setup_hook"] == verl_workers.SETUP_HOOK
 
 
 def test_explicit_clip_keys_win_over_the_papers(tmp_path):
@@ -143,6 +139,24 @@ def test_critic_hook_loads_the_value_model_with_the_configured_attention(tmp_pat
     critic = verl_model.load_valuehead_model(str(tmp_path / "policy"), "float32", config, False)
     assert type(critic).__name__ == "Qwen2ForTokenClassification" and critic.config._attn_implementation == "sdpa"
     assert critic.score.out_features == 1
+
+
+def test_worker_hook_makes_verl_tokenize_as_training_did(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+    from verl.utils.tokenizer import hf_tokenizer
+
+    from self_model.modeling import load_saved_tokenizer
+    from tests.helpers import random_model_dir
+
+    model = random_model_dir(tmp_path / "policy")  # a Qwen2 config.json beside a tokenizer saved as TokenizersBackend
+    text = "Natalia sold 48/2 = 24 clips in May, 1 + 3 = 4."
+    trained = load_saved_tokenizer(str(model))(text)["input_ids"]
+    assert hf_tokenizer(str(model))(text)["input_ids"] != trained  # transformers swaps in Qwen2Tokenizer
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", AutoTokenizer.__dict__["from_pretrained"])
+    verl_workers.honour_saved_tokenizer_class()
+    verl_workers.honour_saved_tokenizer_class()  # a second hook run keeps one wrapper
+    assert hf_tokenizer(str(model))(text)["input_ids"] == trained
+    assert type(AutoTokenizer.from_pretrained(str(TINY_MODEL_CONFIG.parent / "tokenizer"))).__name__ == "TokenizersBackend"
 
 
 # ---------------------------------------------------------------- resume

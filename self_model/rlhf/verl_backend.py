@@ -81,6 +81,8 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
         "trainer.val_before_train": bool(has_eval and cfg.eval_before_training),
         "ray_kwargs.ray_init.num_cpus": rl.cluster.num_cpus,
         "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH": str(metrics_file(out, bool(cfg.resume))),
+        # each worker loads tokenizers as they were saved, and the critic with the configured attention
+        "+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook": verl_workers.SETUP_HOOK,
         **resume_values(cfg),
         **verl_settings(cfg, algorithm),
     }
@@ -111,8 +113,6 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
             "critic.optim.lr": rl.critic.learning_rate,
             "critic.ppo_micro_batch_size_per_gpu": rl.critic.ppo_micro_batch_size_per_gpu,
         })
-        if verl_attention(cfg) != "flash_attention_2":  # verl's critic loader would insist on flash-attn 2
-            values["+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook"] = verl_workers.SETUP_HOOK
     if rl.reward.reward_model:
         values.update({
             "reward.reward_model.enable": True,

@@ -1,15 +1,47 @@
 """Code that runs inside verl's Ray workers, installed as Ray's `worker_process_setup_hook` (a dotted path, so
 each worker imports it from the installed package before any verl code runs).
 
-verl 0.9.1's `verl.utils.model.load_valuehead_model` (the PPO critic) passes `attn_implementation=
-"flash_attention_2"` to transformers, overriding the attention the critic's config asks for
-(`critic.model.override_config.attn_implementation`); without the flash-attn package transformers refuses.
-The hook makes the critic load with the configured attention; verl_backend adds it only where that differs.
+- Tokenizers: verl (prompts, reward decoding, the reward model) and vLLM's server load tokenizers with
+  `AutoTokenizer`, which next to a Qwen2 (and some other families') config.json swaps a tokenizer saved as
+  `TokenizersBackend` (the tokenizer stage's, or one from a plain tokenizer.json) for the family's class with its own
+  pre-tokenizer, so verl would see other token ids than training did (measured: the demo's SFT model rolled out at
+  reward 0.13 on an H200 against 0.4 on CPU). The hook makes `AutoTokenizer` keep the saved class, as our loaders do.
+- The critic: verl 0.9.1's `verl.utils.model.load_valuehead_model` passes `attn_implementation=
+  "flash_attention_2"` to transformers, overriding the attention the critic's config asks for
+  (`critic.model.override_config.attn_implementation`); without the flash-attn package transformers refuses. The
+  hook makes the critic load with the configured attention.
 """
 
 from __future__ import annotations
 
-SETUP_HOOK = "self_model.rlhf.verl_workers.load_critic_with_configured_attention"
+import os
+
+SETUP_HOOK = "self_model.rlhf.verl_workers.setup_worker"
+
+
+def setup_worker() -> None:
+    """Both replacements, in this worker process; a second run keeps one wrapper each."""
+    honour_saved_tokenizer_class()
+    load_critic_with_configured_attention()
+
+
+def honour_saved_tokenizer_class() -> None:
+    """`AutoTokenizer.from_pretrained` of a directory saved as `TokenizersBackend` returns that class."""
+    from transformers import AutoTokenizer, TokenizersBackend
+
+    from self_model.modeling import saved_tokenizer_class
+
+    auto_loader = AutoTokenizer.from_pretrained
+    if getattr(auto_loader, "honours_saved_class", False):
+        return
+
+    def from_pretrained(name, *args, **kwargs):
+        if isinstance(name, str | os.PathLike) and saved_tokenizer_class(name) == "TokenizersBackend":
+            return TokenizersBackend.from_pretrained(name, *args, **kwargs)
+        return auto_loader(name, *args, **kwargs)
+
+    from_pretrained.honours_saved_class = True
+    AutoTokenizer.from_pretrained = staticmethod(from_pretrained)
 
 
 def load_critic_with_configured_attention() -> None:
