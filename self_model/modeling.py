@@ -59,6 +59,24 @@ def saved_tokenizer_class(name) -> str | None:
         raise UserError(f"{config_file}: not valid JSON ({err})") from None
 
 
+def honour_saved_tokenizer_class() -> None:
+    """Make `AutoTokenizer.from_pretrained` load a directory saved as `TokenizersBackend` as that class, in this
+    process, for libraries that load tokenizers themselves (verl's workers, the servers); idempotent."""
+    from transformers import AutoTokenizer, TokenizersBackend
+
+    auto_loader = AutoTokenizer.from_pretrained
+    if getattr(auto_loader, "honours_saved_class", False):
+        return
+
+    def from_pretrained(name, *args, **kwargs):
+        if isinstance(name, str | os.PathLike) and saved_tokenizer_class(name) == "TokenizersBackend":
+            return TokenizersBackend.from_pretrained(name, *args, **kwargs)
+        return auto_loader(name, *args, **kwargs)
+
+    from_pretrained.honours_saved_class = True
+    AutoTokenizer.from_pretrained = staticmethod(from_pretrained)
+
+
 def set_distinct_pad_token(tokenizer) -> None:
     """Use an existing unused token for padding when pad is missing or equal to EOS; add `<|pad|>` as a last resort."""
     if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:

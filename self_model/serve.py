@@ -56,8 +56,9 @@ SERVERS = {  # backend -> (module run with this Python, packages it needs, the e
 
 
 def server(backend: str) -> list[str]:
-    """The server's command line start: this environment's Python running the library's own CLI module."""
-    return [sys.executable, "-m", SERVERS[backend][0], "serve"]
+    """The server's command line start: this environment's Python running the library's own CLI module (through
+    `self_model.server_process`, which keeps the tokenizer's saved class)."""
+    return [sys.executable, "-m", "self_model.server_process", SERVERS[backend][0], "serve"]
 
 
 def check_installed(backend: str) -> None:

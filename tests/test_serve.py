@@ -49,6 +49,8 @@ def test_openai_client_against_transformers_serve(merged, tiny_outputs, tmp_path
     openai = pytest.importorskip("openai")
     from transformers import AutoTokenizer
 
+    from self_model.modeling import load_saved_tokenizer
+
     port = free_port()
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen([sys.executable, "-m", "self_model.serve", "--model", str(merged), "--port", str(port)],
@@ -61,6 +63,9 @@ def test_openai_client_against_transformers_serve(merged, tiny_outputs, tmp_path
         reply = client.chat.completions.create(**ask)
         text = reply.choices[0].message.content
         assert text and reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 4
+        trained = load_saved_tokenizer(str(merged)).apply_chat_template(  # the server tokenizes as training did
+            ask["messages"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        assert reply.usage.prompt_tokens == len(trained)
         streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(**ask, stream=True)
                            if chunk.choices)
         assert streamed == text
@@ -88,7 +93,8 @@ def test_adapter_and_vllm_command(tiny_outputs, capsys):
     assert serve_main(["--model", adapter, "--backend", "vllm", "--port", "9001", "--print_command", "--",
                        "--max-model-len", "512"]) == 0
     command = shlex.split(capsys.readouterr().out.splitlines()[0])
-    assert command[:5] == [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(tiny_outputs["base"])]
-    flags = dict(zip(command[5::2], command[6::2]))
+    assert command[:6] == [sys.executable, "-m", "self_model.server_process", "vllm.entrypoints.cli.main", "serve",
+                           str(tiny_outputs["base"])]
+    flags = dict(zip(command[6::2], command[7::2]))
     assert flags["--tokenizer"] == adapter and flags["--chat-template"] == f"{adapter}/chat_template.jinja"
     assert "--enable-lora" in command and f"lora={adapter}" in command and command[-2:] == ["--max-model-len", "512"]

@@ -5,7 +5,8 @@ each worker imports it from the installed package before any verl code runs).
   `AutoTokenizer`, which next to a Qwen2 (and some other families') config.json swaps a tokenizer saved as
   `TokenizersBackend` (the tokenizer stage's, or one from a plain tokenizer.json) for the family's class with its own
   pre-tokenizer, so verl would see other token ids than training did (measured: the demo's SFT model rolled out at
-  reward 0.13 on an H200 against 0.4 on CPU). The hook makes `AutoTokenizer` keep the saved class, as our loaders do.
+  reward 0.13 on an H200 against 0.5 on CPU). The hook makes `AutoTokenizer` keep the saved class, as our loaders do
+  (`modeling.honour_saved_tokenizer_class`).
 - The critic: verl 0.9.1's `verl.utils.model.load_valuehead_model` passes `attn_implementation=
   "flash_attention_2"` to transformers, overriding the attention the critic's config asks for
   (`critic.model.override_config.attn_implementation`); without the flash-attn package transformers refuses. The
@@ -14,7 +15,7 @@ each worker imports it from the installed package before any verl code runs).
 
 from __future__ import annotations
 
-import os
+from self_model.modeling import honour_saved_tokenizer_class
 
 SETUP_HOOK = "self_model.rlhf.verl_workers.setup_worker"
 
@@ -23,25 +24,6 @@ def setup_worker() -> None:
     """Both replacements, in this worker process; a second run keeps one wrapper each."""
     honour_saved_tokenizer_class()
     load_critic_with_configured_attention()
-
-
-def honour_saved_tokenizer_class() -> None:
-    """`AutoTokenizer.from_pretrained` of a directory saved as `TokenizersBackend` returns that class."""
-    from transformers import AutoTokenizer, TokenizersBackend
-
-    from self_model.modeling import saved_tokenizer_class
-
-    auto_loader = AutoTokenizer.from_pretrained
-    if getattr(auto_loader, "honours_saved_class", False):
-        return
-
-    def from_pretrained(name, *args, **kwargs):
-        if isinstance(name, str | os.PathLike) and saved_tokenizer_class(name) == "TokenizersBackend":
-            return TokenizersBackend.from_pretrained(name, *args, **kwargs)
-        return auto_loader(name, *args, **kwargs)
-
-    from_pretrained.honours_saved_class = True
-    AutoTokenizer.from_pretrained = staticmethod(from_pretrained)
 
 
 def load_critic_with_configured_attention() -> None:
