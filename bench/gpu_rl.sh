@@ -2,7 +2,7 @@
 # The RL stages on one GPU through verl (issue 13): PPO with a critic, a LoRA actor, DAPO, a killed and resumed
 # GSPO run, and GRPO scored by a reward model. Each part is one of our stage scripts on the shipped configs,
 # pointed at a small random-init Qwen2 (head_dim 64, for vLLM) and GSM8K prompts from .gpu-data/gsm8k (copied from ../shared/data/gsm8k and carried).
-#   LIMIT=540 bash bench/gpu_rl.sh ppo     (one part per 600 s device call; parts: ppo lora dapo algo resume rm;
+#   LIMIT=540 bash bench/gpu_rl.sh ppo     (one part per 600 s device call, lora needs ~380 s; parts: ppo lora dapo algo resume rm;
 #   LIMIT is each stage's time limit in seconds; gpu bundle installed; logs and a summary under $OUT)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,8 @@ COMMON=(model_name_or_path=null model.init_from_config=$RUNS/model/config.json t
   "data.train_file=$DATA/train.jsonl#512" data.eval_file=null rl.prompts_per_step=16 rl.actor.ppo_mini_batch_size=8
   rl.actor.ppo_micro_batch_size_per_gpu=8 rl.rollout.max_response_length=64 rl.rollout.enforce_eager=true
   rl.rollout.gpu_memory_utilization=0.3 rl.cluster.num_cpus=12)
+# a random model never answers GSM8K (reward 0, so no gradient): parts that check an update score digits instead
+VARIED=("rl.reward.functions=[examples/tiny/rewards.py:digit_share]" rl.reward.weights=null)
 GRPO=(python3 self_model/rlhf/train_grpo.py --config config/self_model_config/grpo.yaml "${COMMON[@]}")
 
 stage() {  # name, seconds, command...: run one stage with a time limit, log to $OUT/logs/name.log
@@ -35,15 +37,15 @@ ppo)  # PPO with a critic from the shipped ppo.yaml; critic exported too
   stage ppo "$LIMIT" python3 self_model/rlhf/train_ppo.py --config config/self_model_config/ppo.yaml "${COMMON[@]}" \
     rl.total_steps=${PPO_STEPS:-3} rl.critic.ppo_micro_batch_size_per_gpu=8 rl.critic.export=true training_args.output_dir=$RUNS/ppo overwrite=true
   ls $RUNS/ppo/hf_model $RUNS/ppo/critic_model >> "$OUT/summary.txt" 2>&1 ;;
-lora)  # LoRA actor; the exported adapter loaded with PEFT on the base
+lora)  # LoRA actor; the exported adapter loaded with PEFT on the base (a reward that varies, so the adapter moves)
   stage lora "$LIMIT" "${GRPO[@]}" rl.total_steps=2 peft.enabled=true peft.lora_r=16 peft.lora_alpha=32 \
-    peft.target_modules=all-linear training_args.output_dir=$RUNS/lora overwrite=true
+    peft.target_modules=all-linear "${VARIED[@]}" training_args.output_dir=$RUNS/lora overwrite=true
   python3 bench/verl_lora_check.py $RUNS/lora >> "$OUT/summary.txt" 2>&1 ;;
 dapo)  # DAPO: clip-higher, token-level loss, overlong penalty, dynamic sampling (a reward that varies in a group)
-  stage dapo "$LIMIT" "${GRPO[@]}" rl.algorithm=dapo rl.total_steps=2 "rl.reward.functions=[examples/tiny/rewards.py:digit_share]" \
-    rl.reward.weights=null rl.actor.use_kl_loss=false training_args.output_dir=$RUNS/dapo overwrite=true ;;
+  stage dapo "$LIMIT" "${GRPO[@]}" rl.algorithm=dapo rl.total_steps=2 "${VARIED[@]}" rl.actor.use_kl_loss=false \
+    training_args.output_dir=$RUNS/dapo overwrite=true ;;
 algo)  # a few steps of one more algorithm: ALGO=rloo | reinforce_plus_plus | dr_grpo | gspo | grpo
-  stage "${ALGO:-rloo}" "$LIMIT" "${GRPO[@]}" rl.algorithm=${ALGO:-rloo} rl.total_steps=2 \
+  stage "${ALGO:-rloo}" "$LIMIT" "${GRPO[@]}" rl.algorithm=${ALGO:-rloo} rl.total_steps=2 "${VARIED[@]}" \
     training_args.output_dir=$RUNS/${ALGO:-rloo} overwrite=true ;;
 resume)  # GSPO planned for 3 steps, killed after the step-2 checkpoint, then --resume
   rm -rf $RUNS/resume; SECONDS=0
