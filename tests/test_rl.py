@@ -295,6 +295,21 @@ def test_trl_grpo_raises_the_mean_reward(tmp_path):
     assert manifest["metrics"]["reward_last"] == rewards_logged[-1]
 
 
+@pytest.mark.parametrize("stage, engine, expected", [
+    (GRPO_STAGE, "vllm", "vLLM is not installed"), (PPO_STAGE, "vllm", "TRL's PPO generates with transformers"),
+    (GRPO_STAGE, "hf", None)])
+def test_trl_backend_says_when_it_does_not_use_vllm(tmp_path, capsys, monkeypatch, stage, engine, expected):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec  # as on a machine without the gpu extra
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "vllm" else find_spec(name, *args))
+    reward = {"functions": [], "reward_model": str(tmp_path)} if stage is PPO_STAGE else {}
+    cfg = load(stage, tmp_path, rl={"backend": "trl", "rollout": {"engine": engine}, "reward": reward})
+    assert rl_stage.train(cfg, stage, dry_run=True) is None
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: rl.rollout.engine")]
+    assert [expected in line for line in notes] == ([True] if expected else [])
+
+
 def test_trl_ppo_runs_with_a_reward_model(tmp_path):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 

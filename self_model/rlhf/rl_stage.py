@@ -48,6 +48,8 @@ def train(cfg: RunConfig, stage: StageSpec, dry_run: bool = False):
     if algorithm == "dapo":
         say("note: DAPO on the TRL backend: token-level loss, clip-higher and truncated answers masked; dynamic "
             "sampling and the overlong penalty are verl's (rl.backend: verl)")
+    if note := trl_backend.rollout_note(cfg, stage.name):
+        say(f"note: rl.rollout.engine is vllm, but {note}")
     if present_data(run, cfg, data, tokenizer, dry_run):
         return None
     if not cfg.model_name_or_path:  # TRL loads the reference model from the policy's path

@@ -26,6 +26,15 @@ def uses_vllm(cfg: RunConfig) -> bool:
     return _rl(cfg).rollout.engine == "vllm" and importlib.util.find_spec("vllm") is not None
 
 
+def rollout_note(cfg: RunConfig, stage_name: str) -> str | None:
+    """Why a TRL run asked for vLLM generates with transformers instead, if it does."""
+    if _rl(cfg).rollout.engine != "vllm":
+        return None
+    if stage_name != "grpo":
+        return "TRL's PPO generates with transformers (vLLM rollout for PPO is rl.backend: verl)"
+    return None if uses_vllm(cfg) else "vLLM is not installed (the gpu extra): TRL generates with transformers"
+
+
 def _vllm_only(value: Callable[[RunConfig], Any]) -> Callable[[RunConfig], Any]:
     return lambda cfg: value(cfg) if uses_vllm(cfg) else None
 
