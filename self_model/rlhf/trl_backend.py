@@ -88,12 +88,16 @@ PPO_OWNED = {
 
 
 def build_grpo_trainer(cfg: RunConfig, model, tokenizer, training_args, train_dataset, eval_dataset, reward_funcs):
+    """GRPOTrainer; a reward model (given by path) is scored with its tokenizer as train_rm.py saved it (TRL's own
+    AutoTokenizer may swap its class, and with it the token ids the reward model was trained on)."""
     from trl import GRPOTrainer
 
-    from self_model.modeling import build_peft_config
+    from self_model.modeling import build_peft_config, load_saved_tokenizer
 
+    reward_tokenizers = [load_saved_tokenizer(f) if isinstance(f, str) else None for f in reward_funcs]
     return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=training_args, train_dataset=train_dataset,
-                       eval_dataset=eval_dataset, processing_class=tokenizer, peft_config=build_peft_config(cfg))
+                       eval_dataset=eval_dataset, processing_class=tokenizer, peft_config=build_peft_config(cfg),
+                       reward_processing_classes=reward_tokenizers)
 
 
 def build_ppo_trainer(cfg: RunConfig, policy, tokenizer, training_args, prompts: list[list[dict]]):

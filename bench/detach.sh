@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs a bench command past the device tool's 600 s limit per call: `start` launches it in a process session of its
+# own (the device keeps such a process running between calls while the machine stays warm); `wait` polls it for up
+# to N seconds and copies what it has written so far into this call's $OUT. The command gets its own $OUT.
+#   bash bench/detach.sh start demo bash bench/gpu_demo_verl.sh sft grpo eval
+#   bash bench/detach.sh wait demo 560     (one device call each, until it prints "finished")
+set -uo pipefail
+name=${2:?a job name}; dir=/tmp/bench-detached/$name
+case "$1" in
+start) shift 2; rm -rf "$dir"; mkdir -p "$dir/out"
+  OUT=$dir/out setsid nohup bash -c '"${@:2}"; echo $? > "$1/rc"' _ "$dir" "$@" > "$dir/log" 2>&1 < /dev/null &
+  echo "started $name (pid $!, log $dir/log)" ;;
+wait) deadline=$((SECONDS + $3))
+  until [ -f "$dir/rc" ] || [ $SECONDS -ge $deadline ]; do sleep 2; done
+  cp -r "$dir/out/." "${OUT:?}/" 2>/dev/null; tail -c 3000 "$dir/log"
+  if [ -f "$dir/rc" ]; then echo "finished $name rc=$(cat "$dir/rc")"; else echo "still running $name"; fi ;;
+*) echo "usage: bench/detach.sh start NAME COMMAND... | wait NAME SECONDS" >&2; exit 2 ;;
+esac
