@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The RL stages on one GPU through verl (issue 13): PPO with a critic, a LoRA actor, DAPO, a killed and resumed
-# GSPO run, and GRPO scored by a reward model. Each part is one of our stage scripts on the shipped configs,
+# GSPO run, and GRPO scored by a reward model (on verl and on TRL). Each part is one of our stage scripts on the shipped configs,
 # pointed at a small random-init Qwen2 (head_dim 64, for vLLM) and GSM8K prompts from .gpu-data/gsm8k (copied from ../shared/data/gsm8k and carried).
 #   LIMIT=540 bash bench/gpu_rl.sh ppo     (one part per 600 s device call, lora needs ~380 s; parts: ppo lora dapo algo resume rm;
 #   LIMIT is each stage's time limit in seconds; gpu bundle installed; logs and a summary under $OUT)
@@ -14,10 +14,10 @@ DATA=.gpu-data/gsm8k
 # the bundle installs without bytecode: compile the big packages while the first run starts Ray (vLLM's server
 # start-up otherwise spends minutes compiling its imports)
 [ -d /tmp/site/vllm ] && (python3 -m compileall -q -j 12 /tmp/site/vllm /tmp/site/verl /tmp/site/transformers /tmp/site/ray > /dev/null 2>&1 &)
-COMMON=(model_name_or_path=null model.init_from_config=$RUNS/model/config.json tokenizer_name_or_path=examples/tiny/tokenizer
+SHAPE=(model_name_or_path=null model.init_from_config=$RUNS/model/config.json tokenizer_name_or_path=examples/tiny/tokenizer
   "data.train_file=$DATA/train.jsonl#512" data.eval_file=null rl.prompts_per_step=16 rl.actor.ppo_mini_batch_size=8
-  rl.actor.ppo_micro_batch_size_per_gpu=8 rl.rollout.max_response_length=64 rl.rollout.enforce_eager=true
-  rl.rollout.gpu_memory_utilization=0.3 rl.cluster.num_cpus=12)
+  rl.actor.ppo_micro_batch_size_per_gpu=8 rl.rollout.max_response_length=64 rl.rollout.gpu_memory_utilization=0.3)
+COMMON=("${SHAPE[@]}" rl.rollout.enforce_eager=true rl.cluster.num_cpus=12)  # verl's runs
 # a random model never answers GSM8K (reward 0, so no gradient): parts that check an update score digits instead
 VARIED=("rl.reward.functions=[examples/tiny/rewards.py:digit_share]" rl.reward.weights=null)
 GRPO=(python3 self_model/rlhf/train_grpo.py --config config/self_model_config/grpo.yaml "${COMMON[@]}")
@@ -57,12 +57,14 @@ resume)  # GSPO planned for 3 steps, killed after the step-2 checkpoint, then --
   echo "resume: killed after step $(cat $RUNS/resume/verl_checkpoints/latest_checkpointed_iteration.txt) (${SECONDS}s)" | tee -a "$OUT/summary.txt"
   stage resume "$LIMIT" "${GRPO[@]}" rl.algorithm=gspo rl.total_steps=3 rl.save_steps=1 training_args.output_dir=$RUNS/resume --resume
   ls $RUNS/resume/verl_checkpoints/global_step_2 $RUNS/resume >> "$OUT/summary.txt" 2>&1 ;;
-rm)  # reward model from train_rm.py, then GRPO scored by it; verl's scores against the RM's own
+rm)  # reward model from train_rm.py, then GRPO scored by it on verl (its scores against the RM's own) and on TRL
   SECONDS=0
   python3 self_model/rlhf/train_rm.py --config config/examples/rm_tiny.yaml model.init_from_config=$RUNS/model/config.json \
     training_args.output_dir=$RUNS/rm > "$OUT/logs/train_rm.log" 2>&1; echo "train_rm rc=$? ${SECONDS}s" | tee -a "$OUT/summary.txt"
   stage rm_grpo "$LIMIT" python3 self_model/rlhf/train_grpo.py --config bench/verl_rm_grpo.yaml "${COMMON[@]}" rl.total_steps=2 overwrite=true
-  python3 bench/verl_rm_scores.py $RUNS/rm_grpo $RUNS/rm 16 >> "$OUT/summary.txt" 2>&1 ;;
+  python3 bench/verl_rm_scores.py $RUNS/rm_grpo $RUNS/rm 16 >> "$OUT/summary.txt" 2>&1
+  stage rm_trl "$LIMIT" python3 self_model/rlhf/train_grpo.py --config bench/trl_rm_grpo.yaml "${SHAPE[@]}" rl.total_steps=2 overwrite=true
+  grep -o "'reward': [-0-9.e]*" "$OUT/logs/rm_trl.log" >> "$OUT/summary.txt" ;;
 esac; done
 tail -c 6000 "$OUT/summary.txt"
 tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"

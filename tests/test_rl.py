@@ -256,6 +256,9 @@ def test_verl_config_is_built_and_validated_by_verl(tmp_path, algorithm, cluster
         (GRPO_STAGE, {"training_args": {"output_dir": "x", "logging_steps": 4}}, "used by rl.backend: trl only"),
         (GRPO_STAGE, {"rl": {"rollout": {"engin": "hf"}}}, "did you mean 'engine'?"),
         (GRPO_STAGE, {"rl": {"backend": "trl", "cluster": {"n_gpus_per_node": 8}}}, "launch the TRL backend with torchrun"),
+        (GRPO_STAGE, {"rl": {"backend": "trl", "rollout": {"enforce_eager": True}}}, "rl.rollout.enforce_eager: TRL's"),
+        (PPO_STAGE, {"rl": {"backend": "trl", "rollout": {"tensor_parallel_size": 2}, "reward": {"reward_model": "x"}}},
+         "rl.rollout.tensor_parallel_size: TRL's PPO generates with transformers"),
     ],
 )
 def test_bad_rl_configs(tmp_path, stage, sections, expected):
@@ -293,6 +296,18 @@ def test_trl_grpo_raises_the_mean_reward(tmp_path):
     assert last > first + 0.03, rewards_logged
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["metrics"]["reward_last"] == rewards_logged[-1]
+
+
+def test_trl_grpo_rollout_keys_reach_the_colocated_vllm(tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec  # as on a machine with the gpu extra
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: name == "vllm" or find_spec(name, *args))
+    cfg = load(GRPO_STAGE, tmp_path, rl={"backend": "trl", "rollout": {"gpu_memory_utilization": 0.3,
+                                                                        "tensor_parallel_size": 2}})
+    owned = GRPO_STAGE.owned_values(cfg)
+    assert owned["use_vllm"] and owned["vllm_mode"] == "colocate"
+    assert (owned["vllm_gpu_memory_utilization"], owned["vllm_tensor_parallel_size"]) == (0.3, 2)
 
 
 @pytest.mark.parametrize("stage, engine, expected", [

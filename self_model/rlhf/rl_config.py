@@ -142,6 +142,13 @@ def rl_checks(cfg: RunConfig, algorithm: str) -> list[tuple[str, str]]:
         problems.append(("rl.critic.export", "exporting the critic is verl's (rl.backend: verl)"))
     if rl.backend == "trl" and rl.cluster != ClusterArgs():
         problems.append(("rl.cluster", "used by rl.backend: verl only; launch the TRL backend with torchrun for several GPUs"))
+    if rl.backend == "trl" and rl.rollout.enforce_eager:
+        problems.append(("rl.rollout.enforce_eager", "TRL's colocated vLLM has no such switch (it captures CUDA graphs); "
+                         "it applies to rl.backend: verl"))
+    if rl.backend == "trl" and algorithm == "ppo":
+        problems += [(f"rl.rollout.{key}", "TRL's PPO generates with transformers, not vLLM; it applies to GRPO and to "
+                      "rl.backend: verl") for key in ("gpu_memory_utilization", "tensor_parallel_size")
+                     if cfg.was_set(f"rl.rollout.{key}")]
     if rl.backend == "trl" and rl.verl:
         problems.append(("rl.verl", "verl keys do nothing with rl.backend: trl; remove them"))
     if rl.backend == "trl" and rl.actor.entropy_coeff:

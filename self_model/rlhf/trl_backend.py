@@ -71,6 +71,8 @@ GRPO_OWNED = {
     "vllm_mode": Owned("rl.rollout.engine", _vllm_only(lambda cfg: "colocate")),
     "vllm_gpu_memory_utilization": Owned("rl.rollout.gpu_memory_utilization",
                                          _vllm_only(lambda cfg: _rl(cfg).rollout.gpu_memory_utilization)),
+    "vllm_tensor_parallel_size": Owned("rl.rollout.tensor_parallel_size",
+                                       _vllm_only(lambda cfg: _rl(cfg).rollout.tensor_parallel_size)),
 }
 # trl.experimental.ppo PPOConfig fields from our vocabulary.
 PPO_OWNED = {
