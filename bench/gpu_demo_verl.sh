@@ -18,7 +18,7 @@ G=steps.grpo.overrides.rl
 ARGS=(--config config/pipeline/tiny.yaml output_dir=$RUN steps.cpt.overrides.model.init_from_config=$MODEL
   steps.grpo.config=bench/verl_demo_grpo.yaml $G.total_steps=${STEPS:-40} $G.prompts_per_step=64 $G.actor.ppo_mini_batch_size=8
   $G.actor.ppo_micro_batch_size_per_gpu=64 $G.actor.learning_rate=${LR:-5e-4} $G.rollout.gpu_memory_utilization=0.3
-  $G.rollout.enforce_eager=true $G.cluster.num_cpus=12)
+  $G.rollout.enforce_eager=true $G.cluster.num_cpus=12 steps.grpo.overrides.model.gradient_checkpointing=false)
 for part in "$@"; do case "$part" in
 sft) for step in tokenizer cpt sft rm dpo dpo_merged; do
        python3 self_model/pipeline.py "${ARGS[@]}" --only $step >> "$OUT/pipeline_sft.log" 2>&1 || { echo "$step failed"; break; }

@@ -139,3 +139,41 @@ def test_verl_lora_actor_sends_vllm_the_whole_adapter(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     collected, expected = map(int, out.stdout.split()[-2:])
     assert collected == expected > 0
+
+
+def test_verl_lora_export_is_the_merged_policy_beside_its_adapter(tmp_path):
+    import json
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from self_model.outputs import OutputDir
+    from tests.helpers import random_model_dir
+
+    base = random_model_dir(tmp_path / "base")
+    exported = tmp_path / "out" / "hf_model"
+    shutil.copytree(base, exported)  # what verl's merger writes: the base's weights, and the adapter inside
+    trained = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                             LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    trained.save_pretrained(exported / "lora_adapter")
+    config_file = exported / "lora_adapter" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "base_model_name_or_path": None}))
+    adapter = verl_backend.split_lora_export(exported, str(base), tmp_path / "out" / "lora_adapter")
+    ids = torch.arange(1, 17)[None]
+
+    def logits(path: str):
+        output = OutputDir.open(path)
+        return output, output.load_model(output.load_tokenizer(), dtype="fp32", device="cpu")(ids).logits
+
+    with torch.inference_mode():
+        expected = trained(ids).logits
+        with trained.disable_adapter():
+            untrained = trained(ids).logits
+        policy, merged = logits(str(exported))
+        reopened, with_adapter = logits(str(adapter))
+    assert (expected - untrained).abs().max() > 1e-2  # the adapter changes the model
+    assert not policy.is_adapter and (merged - expected).abs().max() < 1e-4
+    assert reopened.base == str(base.resolve()) and (with_adapter - expected).abs().max() < 1e-5
+    assert not (exported / "lora_adapter").exists()

@@ -19,6 +19,7 @@ from self_model.template import ChatTemplate
 INITIAL_MODEL = "initial_model"  # model.init_from_config, saved for verl (which loads models by path)
 HF_MODEL = "hf_model"  # verl's final actor as a Hugging Face model
 CRITIC_MODEL = "critic_model"  # and the critic, when rl.critic.export
+LORA_ADAPTER = "lora_adapter"  # with peft.enabled: the actor's adapter (hf_model is then base and adapter merged)
 CONFIG_CLASSES = {"grpo": "trl.trainer.grpo_config:GRPOConfig", "ppo": "trl.experimental.ppo.ppo_config:PPOConfig"}
 
 
@@ -97,6 +98,9 @@ def run_verl(cfg: RunConfig, algorithm: str, run: RunDir, tokenizer, renderer, d
     verl_backend.run(conf)
     exported = verl_backend.export(run.path, "actor", run.path / HF_MODEL)
     tokenizer.save_pretrained(str(exported))
+    if cfg.peft.enabled:
+        adapter = verl_backend.split_lora_export(exported, model_path, run.path / LORA_ADAPTER)
+        say(f"LoRA adapter: {adapter} (its base: {model_path}); {exported} holds the merged policy")
     if rl.critic.export:
         tokenizer.save_pretrained(str(verl_backend.export(run.path, "critic", run.path / CRITIC_MODEL)))
     steps = verl_backend.read_metrics(run.path)

@@ -8,6 +8,7 @@ last and must exist in verl's config unless they start with `+`.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -247,6 +248,26 @@ def export(output_dir: Path, role: str, target: Path) -> Path:
                str(Path(checkpoint) / role), "--target_dir", str(target)]
     subprocess.run(command, check=True)
     return target
+
+
+def split_lora_export(exported: Path, base: str, adapter_dir: Path) -> Path:
+    """verl's merger leaves the base's (unchanged) weights in `exported` and the adapter in `exported/lora_adapter`,
+    so whatever opened `exported` ran the base. Move the adapter to `adapter_dir`, recording its base for PEFT, and
+    make `exported` the merged policy; returns the adapter directory."""
+    from self_model.merge_lora import merge
+    from self_model.outputs import OutputDir
+
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    shutil.move(exported / "lora_adapter", adapter_dir)
+    config_file = adapter_dir / "adapter_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = str(Path(base).resolve()) if Path(base).exists() else base
+    config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    for name in exported.iterdir():  # the tokenizer the run saved beside the weights goes with the adapter too
+        if name.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy2(name, adapter_dir / name.name)
+    merge(OutputDir(str(adapter_dir), config["base_model_name_or_path"]), str(exported), overwrite=True)
+    return adapter_dir
 
 
 def read_metrics(output_dir: Path) -> list[dict]:
