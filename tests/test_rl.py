@@ -335,25 +335,6 @@ def tiny_reward_model(path):
     return path
 
 
-def test_trl_grpo_scores_with_the_reward_model_tokenized_as_saved(tmp_path):
-    from transformers import AutoTokenizer
-
-    from self_model.modeling import load_saved_tokenizer
-
-    reward_dir = tiny_reward_model(tmp_path / "rm")
-    cfg = load(GRPO_STAGE, tmp_path, rl={"backend": "trl", "total_steps": 1, "prompts_per_step": 4,
-                                         "rollout": {"engine": "hf", "n": 2, "max_response_length": 8},
-                                         "actor": {"ppo_mini_batch_size": 4, "ppo_micro_batch_size_per_gpu": 8},
-                                         "reward": {"functions": [], "reward_model": str(reward_dir)}},
-               training_args={"output_dir": str(tmp_path / "out"), "logging_steps": 1, "save_strategy": "no"})
-    trainer = train_grpo(cfg)
-    text = "Natalia sold 48/2 = 24 clips in May."
-    trained_ids = load_saved_tokenizer(str(reward_dir))(text)["input_ids"]
-    assert AutoTokenizer.from_pretrained(reward_dir)(text)["input_ids"] != trained_ids  # what TRL would load itself
-    assert trainer.reward_processing_classes[0](text)["input_ids"] == trained_ids
-    assert [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
-
-
 def test_trl_ppo_runs_with_a_reward_model(tmp_path):
     reward_dir = tiny_reward_model(tmp_path / "rm")
     cfg = load(PPO_STAGE, tmp_path, rl={"backend": "trl", "total_steps": 2, "prompts_per_step": 4,

@@ -16,8 +16,8 @@ from self_model.rlhf import rl_stage, verl_backend, verl_workers
 from self_model.rlhf.train_grpo import STAGE as GRPO_STAGE
 from self_model.rlhf.train_ppo import STAGE as PPO_STAGE
 from self_model.stage import build_training_args
-from tests.helpers import TINY_MODEL_CONFIG, TINY_TOKENIZER
-from tests.test_rl import load
+from tests.helpers import TINY_MODEL_CONFIG
+from tests.test_rl import load, tiny_reward_model
 
 
 def composed(cfg, algorithm):
@@ -198,17 +198,20 @@ def tiny_trl_grpo(tmp_path, resume=False, **rl):
 
 
 def test_trl_grpo_resumes_and_scores_with_a_reward_model(tmp_path):
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    reward_dir = tmp_path / "rm"
-    AutoModelForSequenceClassification.from_config(
-        AutoConfig.from_pretrained(TINY_MODEL_CONFIG, num_labels=1, pad_token_id=0)).save_pretrained(reward_dir)
-    AutoTokenizer.from_pretrained(TINY_TOKENIZER).save_pretrained(reward_dir)
+    from self_model.modeling import load_saved_tokenizer
+
+    reward_dir = tiny_reward_model(tmp_path / "rm")
     reward = {"functions": [], "reward_model": str(reward_dir)}
     first = rl_stage.train(tiny_trl_grpo(tmp_path, total_steps=1, reward=reward), GRPO_STAGE)
     assert first.state.global_step == 1 and (tmp_path / "out" / "checkpoint-1").is_dir()
     scores = list(first._logs["rewards"]["rm"])  # the reward column is the reward model's (named after its folder)
     assert len(scores) == 8 and len(set(scores)) > 1
+    text = "Natalia sold 48/2 = 24 clips in May."  # the RM is fed the token ids it was trained on
+    trained_ids = load_saved_tokenizer(str(reward_dir))(text)["input_ids"]
+    assert AutoTokenizer.from_pretrained(reward_dir)(text)["input_ids"] != trained_ids  # what TRL would load itself
+    assert first.reward_processing_classes[0](text)["input_ids"] == trained_ids
     resumed = rl_stage.train(tiny_trl_grpo(tmp_path, resume=True, total_steps=2, reward=reward), GRPO_STAGE)
     assert resumed.state.global_step == 2  # continued from checkpoint-1, not restarted
     assert [e["step"] for e in resumed.state.log_history if "reward" in e] == [1, 2]

@@ -257,6 +257,9 @@ def split_lora_export(exported: Path, base: str, adapter_dir: Path) -> Path:
     from self_model.merge_lora import merge
     from self_model.outputs import OutputDir
 
+    if not (exported / "lora_adapter" / "adapter_config.json").is_file():
+        raise UserError(f"verl's export of the LoRA actor wrote no {exported / 'lora_adapter'}; the checkpoints in "
+                        f"{exported.parent / CHECKPOINT_DIR} are kept")
     shutil.rmtree(adapter_dir, ignore_errors=True)
     shutil.move(exported / "lora_adapter", adapter_dir)
     config_file = adapter_dir / "adapter_config.json"
