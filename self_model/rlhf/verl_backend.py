@@ -266,9 +266,9 @@ def split_lora_export(exported: Path, base: str, adapter_dir: Path) -> Path:
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = str(Path(base).resolve()) if Path(base).exists() else base
     config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    for name in exported.iterdir():  # the tokenizer the run saved beside the weights goes with the adapter too
-        if name.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy2(name, adapter_dir / name.name)
+    for item in exported.iterdir():  # the tokenizer the run saved beside the weights goes with the adapter too
+        if item.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy2(item, adapter_dir / item.name)
     merge(OutputDir(str(adapter_dir), config["base_model_name_or_path"]), str(exported), overwrite=True)
     return adapter_dir
 
