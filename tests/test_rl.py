@@ -257,6 +257,8 @@ def test_verl_config_is_built_and_validated_by_verl(tmp_path, algorithm, cluster
         (GRPO_STAGE, {"rl": {"rollout": {"engin": "hf"}}}, "did you mean 'engine'?"),
         (GRPO_STAGE, {"rl": {"backend": "trl", "cluster": {"n_gpus_per_node": 8}}}, "launch the TRL backend with torchrun"),
         (GRPO_STAGE, {"rl": {"backend": "trl", "rollout": {"enforce_eager": True}}}, "rl.rollout.enforce_eager: TRL's"),
+        (GRPO_STAGE, {"rl": {"backend": "trl", "rollout": {"tensor_parallel_size": 2}}},
+         "rl.rollout.tensor_parallel_size: 2 must divide the number of processes (1"),
         (PPO_STAGE, {"rl": {"backend": "trl", "rollout": {"tensor_parallel_size": 2}, "reward": {"reward_model": "x"}}},
          "rl.rollout.tensor_parallel_size: TRL's PPO generates with transformers"),
     ],
@@ -303,6 +305,7 @@ def test_trl_grpo_rollout_keys_reach_the_colocated_vllm(tmp_path, monkeypatch):
 
     find_spec = importlib.util.find_spec  # as on a machine with the gpu extra
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: name == "vllm" or find_spec(name, *args))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun --nproc_per_node 2: one vLLM over both
     cfg = load(GRPO_STAGE, tmp_path, rl={"backend": "trl", "rollout": {"gpu_memory_utilization": 0.3,
                                                                         "tensor_parallel_size": 2}})
     owned = GRPO_STAGE.owned_values(cfg)

@@ -8,6 +8,7 @@ config fields (`trl_backend.py`); `rl.verl` passes any verl key through verbatim
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -97,6 +98,11 @@ class RLArgs:
         "prefix a key verl's config lacks with + (as on verl's command line).", {})
 
 
+def world_size() -> int:
+    """Processes of a TRL-backend run (torchrun's WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def rl_checks(cfg: RunConfig, algorithm: str) -> list[tuple[str, str]]:
     """Rules of the `rl` section, in our keys (verl's own validation runs after, on the generated config);
     `algorithm` is the stage's (grpo: every critic-free algorithm, ppo)."""
@@ -145,6 +151,10 @@ def rl_checks(cfg: RunConfig, algorithm: str) -> list[tuple[str, str]]:
     if rl.backend == "trl" and rl.rollout.enforce_eager:
         problems.append(("rl.rollout.enforce_eager", "TRL's colocated vLLM has no such switch (it captures CUDA graphs); "
                          "it applies to rl.backend: verl"))
+    processes = world_size()
+    if rl.backend == "trl" and algorithm == "grpo" and rl.rollout.engine == "vllm" and processes % rl.rollout.tensor_parallel_size:
+        problems.append(("rl.rollout.tensor_parallel_size", f"{rl.rollout.tensor_parallel_size} must divide the number "
+                         f"of processes ({processes}; torchrun's --nproc_per_node): TRL's colocated vLLM groups them"))
     if rl.backend == "trl" and algorithm == "ppo":
         problems += [(f"rl.rollout.{key}", "TRL's PPO generates with transformers, not vLLM; it applies to GRPO and to "
                       "rl.backend: verl") for key in ("gpu_memory_utilization", "tensor_parallel_size")

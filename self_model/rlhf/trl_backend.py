@@ -4,17 +4,12 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Callable
 from typing import Any
 
 from self_model.config import Owned, RunConfig, from_key
 from self_model.rlhf.algorithms import algorithm_name, trl_settings
-from self_model.rlhf.rl_config import RLArgs
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+from self_model.rlhf.rl_config import RLArgs, world_size
 
 
 def _rl(cfg: RunConfig) -> RLArgs:
