@@ -8,11 +8,14 @@ set -uo pipefail
 name=${2:?a job name}; dir=/tmp/bench-detached/$name
 case "$1" in
 start) shift 2; rm -rf "$dir"; mkdir -p "$dir/out"
-  OUT=$dir/out setsid nohup bash -c '"${@:2}"; echo $? > "$1/rc"' _ "$dir" "$@" > "$dir/log" 2>&1 < /dev/null &
-  echo "started $name (pid $!, log $dir/log)" ;;
+  OUT=$dir/out setsid nohup bash -c '"${@:2}"; echo $? > "$1/rc.tmp" && mv "$1/rc.tmp" "$1/rc"' _ "$dir" "$@" \
+    > "$dir/log" 2>&1 < /dev/null &
+  echo $! > "$dir/pid"; echo "started $name (pid $!, log $dir/log)" ;;
 wait) deadline=$((SECONDS + $3))
-  until [ -f "$dir/rc" ] || [ $SECONDS -ge $deadline ]; do sleep 2; done
+  while [ ! -f "$dir/rc" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 2; done
   cp -r "$dir/out/." "${OUT:?}/" 2>/dev/null; tail -c 3000 "$dir/log"
-  if [ -f "$dir/rc" ]; then echo "finished $name rc=$(cat "$dir/rc")"; else echo "still running $name"; fi ;;
+  if [ -f "$dir/rc" ]; then echo "finished $name rc=$(cat "$dir/rc")"
+  elif kill -0 "$(cat "$dir/pid")" 2>/dev/null; then echo "still running $name"
+  else echo "$name died without an exit status (killed?)"; fi ;;
 *) echo "usage: bench/detach.sh start NAME COMMAND... | wait NAME SECONDS" >&2; exit 2 ;;
 esac

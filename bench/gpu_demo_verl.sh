@@ -21,7 +21,7 @@ ARGS=(--config config/pipeline/tiny.yaml output_dir=$RUN steps.cpt.overrides.mod
   $G.rollout.enforce_eager=true $G.cluster.num_cpus=12 steps.grpo.overrides.model.gradient_checkpointing=false)
 for part in "$@"; do case "$part" in
 sft) for step in tokenizer cpt sft rm dpo dpo_merged; do
-       python3 self_model/pipeline.py "${ARGS[@]}" --only $step >> "$OUT/pipeline_sft.log" 2>&1 || { echo "$step failed"; break; }
+       python3 self_model/pipeline.py "${ARGS[@]}" --only $step >> "$OUT/pipeline_sft.log" 2>&1 || { echo "$step failed"; exit 1; }
      done ;;
 grpo) [ -d /tmp/site/vllm ] && (python3 -m compileall -q -j 12 /tmp/site/vllm /tmp/site/verl /tmp/site/ray > /dev/null 2>&1 &)
       SECONDS=0; python3 self_model/pipeline.py "${ARGS[@]}" --only grpo > "$OUT/pipeline_grpo.log" 2>&1

@@ -2,7 +2,7 @@
 # The RL stages on one GPU through verl (issue 13): PPO with a critic, a LoRA actor, DAPO, a killed and resumed
 # GSPO run, and GRPO scored by a reward model (on verl and on TRL). Each part is one of our stage scripts on the shipped configs,
 # pointed at a small random-init Qwen2 (head_dim 64, for vLLM) and GSM8K prompts from .gpu-data/gsm8k (copied from ../shared/data/gsm8k and carried).
-#   LIMIT=540 bash bench/gpu_rl.sh ppo     (one part per 600 s device call, lora needs ~380 s; parts: ppo lora dapo algo resume rm;
+#   LIMIT=540 bash bench/gpu_rl.sh ppo     (one part per 600 s device call, lora needs ~380 s; parts: ppo lora dapo algo resume rm rm_trl;
 #   LIMIT is each stage's time limit in seconds; gpu bundle installed; logs and a summary under $OUT)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,12 +57,13 @@ resume)  # GSPO planned for 3 steps, killed after the step-2 checkpoint, then --
   echo "resume: killed after step $(cat $RUNS/resume/verl_checkpoints/latest_checkpointed_iteration.txt) (${SECONDS}s)" | tee -a "$OUT/summary.txt"
   stage resume "$LIMIT" "${GRPO[@]}" rl.algorithm=gspo rl.total_steps=3 rl.save_steps=1 training_args.output_dir=$RUNS/resume --resume
   ls $RUNS/resume/verl_checkpoints/global_step_2 $RUNS/resume >> "$OUT/summary.txt" 2>&1 ;;
-rm)  # reward model from train_rm.py, then GRPO scored by it on verl (its scores against the RM's own) and on TRL
+rm)  # reward model from train_rm.py, then GRPO on verl scored by it; verl's scores against the RM's own
   SECONDS=0
   python3 self_model/rlhf/train_rm.py --config config/examples/rm_tiny.yaml model.init_from_config=$RUNS/model/config.json \
     training_args.output_dir=$RUNS/rm > "$OUT/logs/train_rm.log" 2>&1; echo "train_rm rc=$? ${SECONDS}s" | tee -a "$OUT/summary.txt"
   stage rm_grpo "$LIMIT" python3 self_model/rlhf/train_grpo.py --config bench/verl_rm_grpo.yaml "${COMMON[@]}" rl.total_steps=2 overwrite=true
-  python3 bench/verl_rm_scores.py $RUNS/rm_grpo $RUNS/rm 16 >> "$OUT/summary.txt" 2>&1
+  python3 bench/verl_rm_scores.py $RUNS/rm_grpo $RUNS/rm 16 >> "$OUT/summary.txt" 2>&1 ;;
+rm_trl)  # after rm, on the same machine: GRPO on the TRL backend (vLLM colocated) scored by the same reward model
   stage rm_trl "$LIMIT" python3 self_model/rlhf/train_grpo.py --config bench/trl_rm_grpo.yaml "${SHAPE[@]}" rl.total_steps=2 overwrite=true
   grep -o "'reward': [-0-9.e]*" "$OUT/logs/rm_trl.log" >> "$OUT/summary.txt" ;;
 esac; done

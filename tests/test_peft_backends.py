@@ -156,11 +156,15 @@ def test_verl_lora_export_is_the_merged_policy_beside_its_adapter(tmp_path):
     exported = tmp_path / "out" / "hf_model"
     shutil.copytree(base, exported)  # what verl's merger writes: the base's weights, and the adapter inside
     trained = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                             LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+                             LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)).eval()
     trained.save_pretrained(exported / "lora_adapter")
     config_file = exported / "lora_adapter" / "adapter_config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "base_model_name_or_path": None}))
-    adapter = verl_backend.split_lora_export(exported, str(base), tmp_path / "out" / "lora_adapter")
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "lora_alpha": 0}))  # verl lost it
+    with pytest.raises(UserError, match="lora_alpha 0; the run trained r 4, lora_alpha 8"):
+        verl_backend.split_lora_export(exported, str(base), tmp_path / "out" / "lora_adapter", 4, 8)
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "lora_alpha": 8}))
+    adapter = verl_backend.split_lora_export(exported, str(base), tmp_path / "out" / "lora_adapter", 4, 8)
     ids = torch.arange(1, 17)[None]
 
     def logits(path: str):

@@ -257,10 +257,11 @@ def test_verl_config_is_built_and_validated_by_verl(tmp_path, algorithm, cluster
         (GRPO_STAGE, {"rl": {"rollout": {"engin": "hf"}}}, "did you mean 'engine'?"),
         (GRPO_STAGE, {"rl": {"backend": "trl", "cluster": {"n_gpus_per_node": 8}}}, "launch the TRL backend with torchrun"),
         (GRPO_STAGE, {"rl": {"backend": "trl", "rollout": {"enforce_eager": True}}}, "rl.rollout.enforce_eager: TRL's"),
-        (GRPO_STAGE, {"rl": {"backend": "trl", "rollout": {"tensor_parallel_size": 2}}},
-         "rl.rollout.tensor_parallel_size: 2 must divide the number of processes (1"),
+        (GRPO_STAGE, {"rl": {"rollout": {"tensor_parallel_size": 0}}}, "rl.rollout.tensor_parallel_size: must be 1 or more"),
         (PPO_STAGE, {"rl": {"backend": "trl", "rollout": {"tensor_parallel_size": 2}, "reward": {"reward_model": "x"}}},
          "rl.rollout.tensor_parallel_size: TRL's PPO generates with transformers"),
+        (PPO_STAGE, {"rl": {"backend": "trl", "reward": {"reward_model": "x"}}},  # config() writes engine: vllm
+         "rl.rollout.engine: TRL's PPO generates with transformers"),
     ],
 )
 def test_bad_rl_configs(tmp_path, stage, sections, expected):
@@ -306,15 +307,17 @@ def test_trl_grpo_rollout_keys_reach_the_colocated_vllm(tmp_path, monkeypatch):
     find_spec = importlib.util.find_spec  # as on a machine with the gpu extra
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: name == "vllm" or find_spec(name, *args))
     monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun --nproc_per_node 2: one vLLM over both
-    cfg = load(GRPO_STAGE, tmp_path, rl={"backend": "trl", "rollout": {"gpu_memory_utilization": 0.3,
-                                                                        "tensor_parallel_size": 2}})
-    owned = GRPO_STAGE.owned_values(cfg)
+    rl = {"backend": "trl", "rollout": {"gpu_memory_utilization": 0.3, "tensor_parallel_size": 2}}
+    owned = GRPO_STAGE.owned_values(load(GRPO_STAGE, tmp_path, rl=rl))
     assert owned["use_vllm"] and owned["vllm_mode"] == "colocate"
     assert (owned["vllm_gpu_memory_utilization"], owned["vllm_tensor_parallel_size"]) == (0.3, 2)
+    monkeypatch.setenv("WORLD_SIZE", "1")  # TRL would raise this after loading the model
+    with pytest.raises(ConfigError, match="tensor_parallel_size: 2 must divide the number of processes"):
+        load(GRPO_STAGE, tmp_path, rl=rl)
 
 
 @pytest.mark.parametrize("stage, engine, expected", [
-    (GRPO_STAGE, "vllm", "vLLM is not installed"), (PPO_STAGE, "vllm", "TRL's PPO generates with transformers"),
+    (GRPO_STAGE, "vllm", "vLLM is not installed"), (PPO_STAGE, None, "TRL's PPO generates with transformers"),
     (GRPO_STAGE, "hf", None)])
 def test_trl_backend_says_when_it_does_not_use_vllm(tmp_path, capsys, monkeypatch, stage, engine, expected):
     import importlib.util
@@ -322,7 +325,10 @@ def test_trl_backend_says_when_it_does_not_use_vllm(tmp_path, capsys, monkeypatc
     find_spec = importlib.util.find_spec  # as on a machine without the gpu extra
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "vllm" else find_spec(name, *args))
     reward = {"functions": [], "reward_model": str(tmp_path)} if stage is PPO_STAGE else {}
-    cfg = load(stage, tmp_path, rl={"backend": "trl", "rollout": {"engine": engine}, "reward": reward})
+    values = config(tmp_path, rl={"backend": "trl", "rollout": {"engine": engine}, "reward": reward})
+    if engine is None:  # left to its default (vllm)
+        del values["rl"]["rollout"]["engine"]
+    cfg = load_config_file(stage, write_yaml(tmp_path / "rl.yaml", values))
     assert rl_stage.train(cfg, stage, dry_run=True) is None
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: rl.rollout.engine")]
     assert [expected in line for line in notes] == ([True] if expected else [])

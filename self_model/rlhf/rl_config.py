@@ -151,14 +151,20 @@ def rl_checks(cfg: RunConfig, algorithm: str) -> list[tuple[str, str]]:
     if rl.backend == "trl" and rl.rollout.enforce_eager:
         problems.append(("rl.rollout.enforce_eager", "TRL's colocated vLLM has no such switch (it captures CUDA graphs); "
                          "it applies to rl.backend: verl"))
-    processes = world_size()
-    if rl.backend == "trl" and algorithm == "grpo" and rl.rollout.engine == "vllm" and processes % rl.rollout.tensor_parallel_size:
-        problems.append(("rl.rollout.tensor_parallel_size", f"{rl.rollout.tensor_parallel_size} must divide the number "
-                         f"of processes ({processes}; torchrun's --nproc_per_node): TRL's colocated vLLM groups them"))
+    if rl.rollout.tensor_parallel_size < 1:
+        problems.append(("rl.rollout.tensor_parallel_size", f"must be 1 or more, got {rl.rollout.tensor_parallel_size}"))
+    elif rl.backend == "trl" and algorithm == "grpo" and world_size() % rl.rollout.tensor_parallel_size:
+        from self_model.rlhf.trl_backend import uses_vllm  # (that module imports this one)
+
+        if uses_vllm(cfg):
+            problems.append(("rl.rollout.tensor_parallel_size", f"{rl.rollout.tensor_parallel_size} must divide the "
+                             f"number of processes ({world_size()}; torchrun's --nproc_per_node): TRL's colocated vLLM "
+                             "groups them"))
     if rl.backend == "trl" and algorithm == "ppo":
-        problems += [(f"rl.rollout.{key}", "TRL's PPO generates with transformers, not vLLM; it applies to GRPO and to "
-                      "rl.backend: verl") for key in ("gpu_memory_utilization", "tensor_parallel_size")
-                     if cfg.was_set(f"rl.rollout.{key}")]
+        written = [key for key in ("engine", "gpu_memory_utilization", "tensor_parallel_size")
+                   if cfg.was_set(f"rl.rollout.{key}") and (key != "engine" or rl.rollout.engine == "vllm")]
+        problems += [(f"rl.rollout.{key}", "TRL's PPO generates with transformers, not vLLM: remove it (or set "
+                      "engine: hf), or use rl.backend: verl") for key in written]
     if rl.backend == "trl" and rl.verl:
         problems.append(("rl.verl", "verl keys do nothing with rl.backend: trl; remove them"))
     if rl.backend == "trl" and rl.actor.entropy_coeff:

@@ -250,26 +250,33 @@ def export(output_dir: Path, role: str, target: Path) -> Path:
     return target
 
 
-def split_lora_export(exported: Path, base: str, adapter_dir: Path) -> Path:
+def split_lora_export(exported: Path, base: str, adapter_dir: Path, rank: int, alpha: float) -> Path:
     """verl's merger leaves the base's (unchanged) weights in `exported` and the adapter in `exported/lora_adapter`,
     so whatever opened `exported` ran the base. Move the adapter to `adapter_dir`, recording its base for PEFT, and
     make `exported` the merged policy; returns the adapter directory."""
     from self_model.merge_lora import merge
     from self_model.outputs import OutputDir
 
-    if not (exported / "lora_adapter" / "adapter_config.json").is_file():
-        raise UserError(f"verl's export of the LoRA actor wrote no {exported / 'lora_adapter'}; the checkpoints in "
-                        f"{exported.parent / CHECKPOINT_DIR} are kept")
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    shutil.move(exported / "lora_adapter", adapter_dir)
-    config_file = adapter_dir / "adapter_config.json"
+    kept = f"the checkpoints in {exported.parent / CHECKPOINT_DIR} are kept"
+    config_file = exported / "lora_adapter" / "adapter_config.json"
+    if not config_file.is_file():
+        raise UserError(f"verl's export of the LoRA actor wrote no {config_file}; {kept}")
     config = json.loads(config_file.read_text(encoding="utf-8"))
+    if (config.get("r"), config.get("lora_alpha")) != (rank, alpha):  # verl writes alpha 0 when it lost the run's
+        raise UserError(f"verl exported the adapter with r {config.get('r')}, lora_alpha {config.get('lora_alpha')}; "
+                        f"the run trained r {rank}, lora_alpha {alpha}; {kept}")
     config["base_model_name_or_path"] = str(Path(base).resolve()) if Path(base).exists() else base
     config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    shutil.move(config_file.parent, adapter_dir)
     for item in exported.iterdir():  # the tokenizer the run saved beside the weights goes with the adapter too
         if item.name.startswith(("tokenizer", "special_tokens", "chat_template")):
             shutil.copy2(item, adapter_dir / item.name)
-    merge(OutputDir(str(adapter_dir), config["base_model_name_or_path"]), str(exported), overwrite=True)
+    try:
+        merge(OutputDir(str(adapter_dir), config["base_model_name_or_path"]), str(exported), overwrite=True)
+    except BaseException:
+        shutil.rmtree(exported, ignore_errors=True)  # it holds the untrained base: never leave that as the policy
+        raise
     return adapter_dir
 
 
