@@ -528,10 +528,15 @@ def can_resume(item: Planned) -> bool:
     return any(p.name.startswith("checkpoint-") for p in item.step.output.glob("checkpoint-*"))
 
 
+def singled_out(items: list[Planned], start: str | None, only: str | None) -> set[str]:
+    """The steps `--from STEP` (it and every later one) or `--only STEP` names; none without either."""
+    names = [item.step.name for item in items]
+    return set(names[names.index(start):]) if start else {only} if only else set()
+
+
 def execute(pipeline: Pipeline, items: list[Planned], manifest: Manifest, config_dir: Path, start: str | None,
             only: str | None) -> None:
-    names = [item.step.name for item in items]
-    forced = set(names[names.index(start):]) if start else {only} if only else set()
+    forced = singled_out(items, start, only)
     ran: set[str] = set()  # a step after one that ran runs too: its input changed
     for item in items:
         step, before = item.step, manifest.previous.get(item.step.name, {})
@@ -595,7 +600,7 @@ def dry_run(pipeline: Pipeline, items: list[Planned]) -> None:
         if code != 0:
             raise UserError(f"[dry run] step {step.name}: its stage's --dry-run failed (exit code {code}), see above")
         say(f"[dry run] {step.name} ({step.stage}): config and data checked by its --dry-run")
-    say(f"[dry run] {len(items)} steps valid; nothing was trained")
+    say(f"[dry run] {len(items)} step{'' if len(items) == 1 else 's'} valid; nothing was trained")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -603,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="Overrides: key=value, e.g. seed=1 output_dir=checkpoints/pipeline/seed1 "
                                             "steps.sft.overrides.training_args.max_steps=50")
     parser.add_argument("--config", required=True, help="pipeline YAML file")
-    parser.add_argument("--dry-run", action="store_true", help="validate every step (and the data where it can); run none")
+    parser.add_argument("--dry-run", action="store_true", help="validate every step, or those --from/--only name (and the data "
+                        "where it can); run none")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--from", dest="start", metavar="STEP", help="run STEP and every step after it again")
     group.add_argument("--only", metavar="STEP", help="run STEP only (the steps it uses must have run)")
@@ -623,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
         items = plan(pipeline, config_dir, Path(placeholders))
     say(f"[pipeline] {len(items)} steps checked: {', '.join(i.step.name for i in items)}")
     if args.dry_run:
-        dry_run(pipeline, items)
+        chosen = singled_out(items, args.start, args.only)
+        dry_run(pipeline, [item for item in items if not chosen or item.step.name in chosen])
         return 0
     manifest = Manifest(pipeline)
     execute(pipeline, items, manifest, config_dir, args.start, args.only)

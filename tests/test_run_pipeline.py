@@ -60,6 +60,11 @@ def test_dry_run_checks_later_steps_for_shape(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[dry run] sft (sft): config checked for shape (cpt not run yet)" in out
     assert "[dry run] 8 steps valid" in out and not (tmp_path / "out" / MANIFEST).exists()
+    assert main(["--config", str(REPO / "config/pipeline/tiny.yaml"), "--dry-run", "--only", "grpo",
+                 f"output_dir={tmp_path / 'out'}"]) == 0
+    dry_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[dry run]")]
+    assert dry_lines == ["[dry run] grpo (grpo): config checked for shape (sft not run yet)", "[dry run] 1 step valid; "
+                         "nothing was trained"]
 
 
 def manifest(tmp_path) -> dict:
