@@ -149,6 +149,7 @@ def test_verl_lora_export_is_the_merged_policy_beside_its_adapter(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from self_model.modeling import load_saved_tokenizer
     from self_model.outputs import OutputDir
     from tests.helpers import random_model_dir
 
@@ -160,11 +161,12 @@ def test_verl_lora_export_is_the_merged_policy_beside_its_adapter(tmp_path):
     trained.save_pretrained(exported / "lora_adapter")
     config_file = exported / "lora_adapter" / "adapter_config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "base_model_name_or_path": None}))
+    tokenizer, peft = load_saved_tokenizer(str(base)), PeftArgs(enabled=True, lora_r=4, lora_alpha=8)
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "lora_alpha": 0}))  # verl lost it
     with pytest.raises(UserError, match="lora_alpha 0; the run trained r 4, lora_alpha 8"):
-        verl_backend.split_lora_export(exported, str(base), tmp_path / "out" / "lora_adapter", 4, 8)
+        verl_backend.split_lora_export(exported, str(base), tmp_path / "out" / "lora_adapter", tokenizer, peft)
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "lora_alpha": 8}))
-    adapter = verl_backend.split_lora_export(exported, str(base), tmp_path / "out" / "lora_adapter", 4, 8)
+    adapter = verl_backend.split_lora_export(exported, str(base), tmp_path / "out" / "lora_adapter", tokenizer, peft)
     ids = torch.arange(1, 17)[None]
 
     def logits(path: str):

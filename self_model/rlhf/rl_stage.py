@@ -99,8 +99,7 @@ def run_verl(cfg: RunConfig, algorithm: str, run: RunDir, tokenizer, renderer, d
     exported = verl_backend.export(run.path, "actor", run.path / HF_MODEL)
     tokenizer.save_pretrained(str(exported))
     if cfg.peft.enabled:
-        adapter = verl_backend.split_lora_export(exported, model_path, run.path / LORA_ADAPTER, cfg.peft.lora_r,
-                                                 cfg.peft.lora_alpha)
+        adapter = verl_backend.split_lora_export(exported, model_path, run.path / LORA_ADAPTER, tokenizer, cfg.peft)
         say(f"LoRA adapter: {adapter} (its base: {model_path}); {exported} holds the merged policy")
     if rl.critic.export:
         tokenizer.save_pretrained(str(verl_backend.export(run.path, "critic", run.path / CRITIC_MODEL)))

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from self_model.config import RunConfig
+from self_model.config import PeftArgs, RunConfig
 from self_model.data.built import EVAL, TRAIN
 from self_model.errors import ConfigError, UserError
 from self_model.rlhf import verl_workers
@@ -250,7 +250,7 @@ def export(output_dir: Path, role: str, target: Path) -> Path:
     return target
 
 
-def split_lora_export(exported: Path, base: str, adapter_dir: Path, rank: int, alpha: float) -> Path:
+def split_lora_export(exported: Path, base: str, adapter_dir: Path, tokenizer, peft: PeftArgs) -> Path:
     """verl's merger leaves the base's (unchanged) weights in `exported` and the adapter in `exported/lora_adapter`,
     so whatever opened `exported` ran the base. Move the adapter to `adapter_dir`, recording its base for PEFT, and
     make `exported` the merged policy; returns the adapter directory."""
@@ -262,16 +262,14 @@ def split_lora_export(exported: Path, base: str, adapter_dir: Path, rank: int, a
     if not config_file.is_file():
         raise UserError(f"verl's export of the LoRA actor wrote no {config_file}; {kept}")
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    if (config.get("r"), config.get("lora_alpha")) != (rank, alpha):  # verl writes alpha 0 when it lost the run's
+    if (config.get("r"), config.get("lora_alpha")) != (peft.lora_r, peft.lora_alpha):  # verl writes alpha 0 when it lost the run's
         raise UserError(f"verl exported the adapter with r {config.get('r')}, lora_alpha {config.get('lora_alpha')}; "
-                        f"the run trained r {rank}, lora_alpha {alpha}; {kept}")
+                        f"the run trained r {peft.lora_r}, lora_alpha {peft.lora_alpha}; {kept}")
     config["base_model_name_or_path"] = str(Path(base).resolve()) if Path(base).exists() else base
     config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
     shutil.rmtree(adapter_dir, ignore_errors=True)
     shutil.move(config_file.parent, adapter_dir)
-    for item in exported.iterdir():  # the tokenizer the run saved beside the weights goes with the adapter too
-        if item.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy2(item, adapter_dir / item.name)
+    tokenizer.save_pretrained(str(adapter_dir))
     try:
         merge(OutputDir(str(adapter_dir), config["base_model_name_or_path"]), str(exported), overwrite=True)
     except BaseException:
