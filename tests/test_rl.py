@@ -241,6 +241,40 @@ def test_verl_config_is_built_and_validated_by_verl(tmp_path, algorithm, cluster
         assert verl["ray_kwargs"]["ray_init"]["address"] == "auto"
 
 
+def test_both_backends_get_the_same_learning_rate_schedule(tmp_path):
+    from transformers import TrainingArguments, get_scheduler
+    from verl.utils.torch_functional import get_cosine_schedule_with_warmup
+
+    actor = {"lr_scheduler": "cosine", "warmup_ratio": 0.25, "weight_decay": 0.05}
+    cfg = load(PPO_STAGE, tmp_path, rl={"actor": actor, "rollout": {"n": 1}})
+    assert train_ppo(cfg, dry_run=True) is None
+    verl = yaml.safe_load((tmp_path / "out" / "verl_config.yaml").read_text())
+    for optim in verl["actor_rollout_ref"]["actor"]["optim"], verl["critic"]["optim"]:
+        assert (optim["lr_scheduler_type"], optim["lr_warmup_steps_ratio"], optim["weight_decay"]) == ("cosine", 0.25, 0.05)
+    trl_ppo = {"rollout": {"engine": "hf"}, "reward": {"functions": [], "reward_model": str(tmp_path)}}
+    for stage, rl in (GRPO_STAGE, {}), (PPO_STAGE, trl_ppo):
+        owned = stage.owned_values(load(stage, tmp_path, overwrite=True, rl={"backend": "trl", "actor": actor, **rl}))
+        assert (owned["lr_scheduler_type"], owned["warmup_steps"], owned["weight_decay"]) == ("cosine", 0.25, 0.05)
+
+    # the same share of the run gives the same learning rate (verl counts rollout steps, TRL optimizer steps)
+    import torch
+
+    def lrs(scheduler, steps):
+        out = []
+        for _ in range(steps):
+            out.append(scheduler.get_last_lr()[0])
+            scheduler.optimizer.step()
+            scheduler.step()
+        return out
+
+    new_optimizer = lambda: torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    verl_lrs = lrs(get_cosine_schedule_with_warmup(new_optimizer(), num_warmup_steps=int(0.25 * 8), num_training_steps=8), 8)
+    trl_args = GRPO_STAGE.owned_values(load(GRPO_STAGE, tmp_path, overwrite=True, rl={"backend": "trl", "actor": actor}))
+    warmup = TrainingArguments(tmp_path / "args", warmup_steps=trl_args["warmup_steps"]).get_warmup_steps(8)
+    trl_lrs = lrs(get_scheduler(trl_args["lr_scheduler_type"], new_optimizer(), num_warmup_steps=warmup, num_training_steps=8), 8)
+    assert verl_lrs == pytest.approx(trl_lrs) and verl_lrs[1] == pytest.approx(0.5) and max(verl_lrs) == 1.0
+
+
 @pytest.mark.parametrize(
     "stage, sections, expected",
     [
@@ -255,6 +289,10 @@ def test_verl_config_is_built_and_validated_by_verl(tmp_path, algorithm, cluster
         (GRPO_STAGE, {"training_args": {"output_dir": "x", "num_generations": 4}}, "use `rl.rollout.n` instead"),
         (GRPO_STAGE, {"training_args": {"output_dir": "x", "logging_steps": 4}}, "used by rl.backend: trl only"),
         (GRPO_STAGE, {"rl": {"rollout": {"engin": "hf"}}}, "did you mean 'engine'?"),
+        (GRPO_STAGE, {"rl": {"backend": "trl"}, "training_args": {"output_dir": "x", "lr_scheduler_type": "linear"}},
+         "use `rl.actor.lr_scheduler` instead"),
+        (GRPO_STAGE, {"rl": {"actor": {"warmup_ratio": 1.0}}}, "0 <= warmup_ratio < 1, got 1.0"),
+        (GRPO_STAGE, {"rl": {"actor": {"lr_scheduler": "linear"}}}, "rl.actor.lr_scheduler"),
         (GRPO_STAGE, {"rl": {"backend": "trl", "cluster": {"n_gpus_per_node": 8}}}, "launch the TRL backend with torchrun"),
         (GRPO_STAGE, {"rl": {"backend": "trl", "rollout": {"enforce_eager": True}}}, "rl.rollout.enforce_eager: TRL's"),
         (GRPO_STAGE, {"rl": {"rollout": {"tensor_parallel_size": 0}}}, "rl.rollout.tensor_parallel_size: must be 1 or more"),

@@ -32,6 +32,11 @@ class RolloutArgs:
 @dataclass
 class ActorArgs:
     learning_rate: float = option("Policy learning rate.", 1e-6)
+    lr_scheduler: Literal["constant", "cosine"] = option(
+        "Learning-rate schedule over the run's steps, the same on both backends (the critic's too): constant, or "
+        "cosine down to 0 (verl has these two).", "cosine")
+    warmup_ratio: float = option("Share of the run's steps over which the learning rate rises from 0 (both backends).", 0.0)
+    weight_decay: float = option("AdamW weight decay (verl's default is 0.01, TRL's 0; this key sets both).", 0.0)
     ppo_mini_batch_size: int = option("Prompts (with all their answers) per optimizer step.", 16)
     ppo_micro_batch_size_per_gpu: int = option("Sequences per forward/backward pass on one GPU.", 4)
     ppo_epochs: int = option("Passes over each step's rollouts.", 1)
@@ -124,6 +129,10 @@ def rl_checks(cfg: RunConfig, algorithm: str) -> list[tuple[str, str]]:
         problems.append(("rl.actor.ppo_micro_batch_size_per_gpu",
                          f"ppo_mini_batch_size ({rl.actor.ppo_mini_batch_size}) × rollout.n ({rl.rollout.n}) must be a "
                          f"multiple of ppo_micro_batch_size_per_gpu ({rl.actor.ppo_micro_batch_size_per_gpu}) × {gpus} GPUs"))
+    if not 0 <= rl.actor.warmup_ratio < 1:
+        problems.append(("rl.actor.warmup_ratio", f"a share of the run's steps: 0 <= warmup_ratio < 1, got {rl.actor.warmup_ratio}"))
+    if rl.actor.weight_decay < 0:
+        problems.append(("rl.actor.weight_decay", f"must be 0 or more, got {rl.actor.weight_decay}"))
     if rl.reward.weights is not None and len(rl.reward.weights) != len(rl.reward.functions):
         problems.append(("rl.reward.weights", f"{len(rl.reward.weights)} weights for {len(rl.reward.functions)} functions"))
     if rl.reward.reward_model and rl.reward.functions:

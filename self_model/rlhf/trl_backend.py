@@ -43,9 +43,16 @@ def _updates_per_step(rl: RLArgs) -> int:
     return rl.prompts_per_step // rl.actor.ppo_mini_batch_size
 
 
+# the optimizer's schedule and weight decay, as verl gets them (transformers reads a warmup_steps below 1 as a ratio)
+OPTIMIZER_OWNED = {
+    "lr_scheduler_type": from_key("rl.actor.lr_scheduler"),
+    "warmup_steps": from_key("rl.actor.warmup_ratio"),
+    "weight_decay": from_key("rl.actor.weight_decay"),
+}
 # GRPOConfig fields from our vocabulary: a step generates prompts_per_step × n answers; updates take mini-batches.
 GRPO_OWNED = {
     "learning_rate": from_key("rl.actor.learning_rate"),
+    **OPTIMIZER_OWNED,
     "max_steps": Owned("rl.total_steps", lambda cfg: _rl(cfg).total_steps * _updates_per_step(_rl(cfg)) * _rl(cfg).actor.ppo_epochs),
     "num_generations": from_key("rl.rollout.n"),
     "temperature": from_key("rl.rollout.temperature"),
@@ -72,6 +79,7 @@ GRPO_OWNED = {
 # trl.experimental.ppo PPOConfig fields from our vocabulary.
 PPO_OWNED = {
     "learning_rate": from_key("rl.actor.learning_rate"),
+    **OPTIMIZER_OWNED,
     "total_episodes": Owned("rl.total_steps", lambda cfg: _rl(cfg).total_steps * _rl(cfg).prompts_per_step),
     "num_ppo_epochs": from_key("rl.actor.ppo_epochs"),
     "response_length": from_key("rl.rollout.max_response_length"),

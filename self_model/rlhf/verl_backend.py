@@ -37,6 +37,12 @@ OUR_KEYS = {
 }
 
 
+def optimizer_values(prefix: str, rl: RLArgs) -> dict[str, Any]:
+    """verl's schedule and weight decay from rl.actor (verl steps its scheduler once per rollout step)."""
+    return {f"{prefix}.lr_scheduler_type": rl.actor.lr_scheduler, f"{prefix}.lr_warmup_steps_ratio": rl.actor.warmup_ratio,
+            f"{prefix}.weight_decay": rl.actor.weight_decay}
+
+
 def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dict[str, str], chat_template: str | None) -> dict[str, Any]:
     """verl keys and values for this run, from our sections."""
     rl: RLArgs = cfg.sections["rl"]
@@ -55,6 +61,7 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
         "actor_rollout_ref.model.trust_remote_code": cfg.model.trust_remote_code,
         "+actor_rollout_ref.model.override_config.attn_implementation": verl_attention(cfg),
         "actor_rollout_ref.actor.optim.lr": rl.actor.learning_rate,
+        **optimizer_values("actor_rollout_ref.actor.optim", rl),
         "actor_rollout_ref.actor.ppo_mini_batch_size": rl.actor.ppo_mini_batch_size,
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": micro,
         "actor_rollout_ref.actor.ppo_epochs": rl.actor.ppo_epochs,
@@ -112,6 +119,7 @@ def verl_values(cfg: RunConfig, algorithm: str, model_path: str, data_files: dic
             "critic.model.path": rl.critic.model_name_or_path or model_path,
             "+critic.model.override_config.attn_implementation": verl_attention(cfg),
             "critic.optim.lr": rl.critic.learning_rate,
+            **optimizer_values("critic.optim", rl),
             "critic.ppo_micro_batch_size_per_gpu": rl.critic.ppo_micro_batch_size_per_gpu,
         })
     if rl.reward.reward_model:
