@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a bench command past the device tool's 600 s limit per call: `start` launches it in a process session of its
 # own (the device keeps such a process running between calls while the machine stays warm); `wait` polls it for up
-# to N seconds and copies what it has written so far into this call's $OUT. The command gets its own $OUT.
+# to N seconds and packs what it has written so far, and its log, into this call's $OUT/NAME.tgz (one file: the
+# device returns at most 8 files a call). The command gets its own $OUT.
 #   bash bench/detach.sh start demo bash bench/gpu_demo_verl.sh sft grpo eval
 #   bash bench/detach.sh wait demo 560     (one device call each, until it prints "finished")
 set -uo pipefail
@@ -13,7 +14,7 @@ start) shift 2; rm -rf "$dir"; mkdir -p "$dir/out"
   echo $! > "$dir/pid"; echo "started $name (pid $!, log $dir/log)" ;;
 wait) deadline=$((SECONDS + $3))
   while [ ! -f "$dir/rc" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 2; done
-  cp -r "$dir/out/." "${OUT:?}/" 2>/dev/null; tail -c 3000 "$dir/log"
+  tar -czf "${OUT:?}/$name.tgz" -C "$dir" out log; tail -c 3000 "$dir/log"
   if [ -f "$dir/rc" ]; then echo "finished $name rc=$(cat "$dir/rc")"
   elif kill -0 "$(cat "$dir/pid")" 2>/dev/null; then echo "still running $name"
   else echo "$name died without an exit status (killed?)"; fi ;;
