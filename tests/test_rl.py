@@ -241,38 +241,50 @@ def test_verl_config_is_built_and_validated_by_verl(tmp_path, algorithm, cluster
         assert verl["ray_kwargs"]["ray_init"]["address"] == "auto"
 
 
-def test_both_backends_get_the_same_learning_rate_schedule(tmp_path):
-    from transformers import TrainingArguments, get_scheduler
-    from verl.utils.torch_functional import get_cosine_schedule_with_warmup
+def learning_rates(scheduler, steps: int) -> list[float]:
+    """The rate a scheduler gives at each of `steps` optimizer steps."""
+    rates = []
+    for _ in range(steps):
+        rates.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return rates
 
-    actor = {"lr_scheduler": "cosine", "warmup_ratio": 0.25, "weight_decay": 0.05}
-    cfg = load(PPO_STAGE, tmp_path, rl={"actor": actor, "rollout": {"n": 1}})
+
+@pytest.mark.parametrize("schedule, warmup, steps", [("cosine", 0.25, 8), ("cosine", 0.1, 15), ("constant", 0.1, 15)])
+def test_both_backends_get_the_same_learning_rate_schedule(tmp_path, schedule, warmup, steps):
+    import torch
+    from transformers import TrainingArguments, get_scheduler
+    from verl.workers.config.optimizer import FSDPOptimizerConfig, build_optimizer
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
+
+    actor = {"lr_scheduler": schedule, "warmup_ratio": warmup, "weight_decay": 0.05, "learning_rate": 1.0}
+    cfg = load(PPO_STAGE, tmp_path, rl={"actor": actor, "rollout": {"n": 1}, "total_steps": steps})
     assert train_ppo(cfg, dry_run=True) is None
     verl = yaml.safe_load((tmp_path / "out" / "verl_config.yaml").read_text())
-    for optim in verl["actor_rollout_ref"]["actor"]["optim"], verl["critic"]["optim"]:
-        assert (optim["lr_scheduler_type"], optim["lr_warmup_steps_ratio"], optim["weight_decay"]) == ("cosine", 0.25, 0.05)
+    assert verl["critic"]["optim"] == {**verl["critic"]["optim"], **{k: verl["actor_rollout_ref"]["actor"]["optim"][k] for k in (
+        "lr_scheduler_type", "lr_warmup_steps", "weight_decay")}}
+    # verl's own optimizer and scheduler from the composed config: one scheduler step per rollout step
+    optim = {k: v for k, v in verl["actor_rollout_ref"]["actor"]["optim"].items() if k != "_target_"}
+    optim_config = FSDPOptimizerConfig(**{**optim, "total_training_steps": verl["trainer"]["total_training_steps"]})
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], optim_config)
+    assert optimizer.param_groups[0]["weight_decay"] == 0.05
+    engine = type("Engine", (), {"optimizer_config": optim_config, "rank": 1})()
+    verl_rates = learning_rates(FSDPEngine._build_lr_scheduler(engine, optimizer), steps)
+
+    # TRL's GRPO steps its scheduler at every optimizer update (2 a rollout step here), TRL's PPO once a rollout step
     trl_ppo = {"rollout": {"engine": "hf"}, "reward": {"functions": [], "reward_model": str(tmp_path)}}
     for stage, rl in (GRPO_STAGE, {}), (PPO_STAGE, trl_ppo):
-        owned = stage.owned_values(load(stage, tmp_path, overwrite=True, rl={"backend": "trl", "actor": actor, **rl}))
-        assert (owned["lr_scheduler_type"], owned["warmup_steps"], owned["weight_decay"]) == ("cosine", 0.25, 0.05)
-
-    # the same share of the run gives the same learning rate (verl counts rollout steps, TRL optimizer steps)
-    import torch
-
-    def lrs(scheduler, steps):
-        out = []
-        for _ in range(steps):
-            out.append(scheduler.get_last_lr()[0])
-            scheduler.optimizer.step()
-            scheduler.step()
-        return out
-
-    new_optimizer = lambda: torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    verl_lrs = lrs(get_cosine_schedule_with_warmup(new_optimizer(), num_warmup_steps=int(0.25 * 8), num_training_steps=8), 8)
-    trl_args = GRPO_STAGE.owned_values(load(GRPO_STAGE, tmp_path, overwrite=True, rl={"backend": "trl", "actor": actor}))
-    warmup = TrainingArguments(tmp_path / "args", warmup_steps=trl_args["warmup_steps"]).get_warmup_steps(8)
-    trl_lrs = lrs(get_scheduler(trl_args["lr_scheduler_type"], new_optimizer(), num_warmup_steps=warmup, num_training_steps=8), 8)
-    assert verl_lrs == pytest.approx(trl_lrs) and verl_lrs[1] == pytest.approx(0.5) and max(verl_lrs) == 1.0
+        owned = stage.owned_values(load(stage, tmp_path, overwrite=True, rl={
+            "backend": "trl", "actor": actor, "total_steps": steps, **rl}))
+        assert owned["weight_decay"] == 0.05
+        updates = owned["max_steps"] // steps if stage is GRPO_STAGE else 1
+        args = TrainingArguments(tmp_path / "args", warmup_steps=owned["warmup_steps"])
+        total = steps * updates
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        trl_rates = learning_rates(get_scheduler(owned["lr_scheduler_type"], optimizer, args.get_warmup_steps(total), total), total)
+        assert trl_rates[::updates] == pytest.approx(verl_rates), (stage.name, trl_rates, verl_rates)
+    assert verl_rates[0] == 0.0 and max(verl_rates) == 1.0  # the warm-up starts from 0 on both
 
 
 @pytest.mark.parametrize(
@@ -293,6 +305,11 @@ def test_both_backends_get_the_same_learning_rate_schedule(tmp_path):
          "use `rl.actor.lr_scheduler` instead"),
         (GRPO_STAGE, {"rl": {"actor": {"warmup_ratio": 1.0}}}, "0 <= warmup_ratio < 1, got 1.0"),
         (GRPO_STAGE, {"rl": {"actor": {"lr_scheduler": "linear"}}}, "rl.actor.lr_scheduler"),
+        (GRPO_STAGE, {"rl": {"backend": "trl"}, "training_args": {"output_dir": "x", "warmup_ratio": 0.1}},
+         "use `rl.actor.warmup_ratio` instead"),
+        (PPO_STAGE, {"rl": {"backend": "trl", "rollout": {"engine": "hf"}, "critic": {"learning_rate": 1e-4},
+                            "reward": {"functions": [], "reward_model": "x"}}},
+         "rl.critic.learning_rate: TRL's PPO trains policy and value with one optimizer"),
         (GRPO_STAGE, {"rl": {"backend": "trl", "cluster": {"n_gpus_per_node": 8}}}, "launch the TRL backend with torchrun"),
         (GRPO_STAGE, {"rl": {"backend": "trl", "rollout": {"enforce_eager": True}}}, "rl.rollout.enforce_eager: TRL's"),
         (GRPO_STAGE, {"rl": {"rollout": {"tensor_parallel_size": 0}}}, "rl.rollout.tensor_parallel_size: must be 1 or more"),

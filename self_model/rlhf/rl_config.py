@@ -8,6 +8,7 @@ config fields (`trl_backend.py`); `rl.verl` passes any verl key through verbatim
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,8 +36,10 @@ class ActorArgs:
     lr_scheduler: Literal["constant", "cosine"] = option(
         "Learning-rate schedule over the run's steps, the same on both backends (the critic's too): constant, or "
         "cosine down to 0 (verl has these two).", "cosine")
-    warmup_ratio: float = option("Share of the run's steps over which the learning rate rises from 0 (both backends).", 0.0)
-    weight_decay: float = option("AdamW weight decay (verl's default is 0.01, TRL's 0; this key sets both).", 0.0)
+    warmup_ratio: float = option("Share of the run's steps (rounded up to whole rollout steps) over which the "
+                                 "learning rate rises from 0, on both backends.", 0.0)
+    weight_decay: float = option("AdamW weight decay on both backends (their own defaults: verl 0.01, TRL 0). verl "
+                                 "decays every weight, TRL not biases and norms.", 0.0)
     ppo_mini_batch_size: int = option("Prompts (with all their answers) per optimizer step.", 16)
     ppo_micro_batch_size_per_gpu: int = option("Sequences per forward/backward pass on one GPU.", 4)
     ppo_epochs: int = option("Passes over each step's rollouts.", 1)
@@ -103,6 +106,11 @@ class RLArgs:
         "prefix a key verl's config lacks with + (as on verl's command line).", {})
 
 
+def warmup_steps(rl: RLArgs) -> int:
+    """Rollout steps of learning-rate warm-up (both backends count them so)."""
+    return math.ceil(round(rl.actor.warmup_ratio * rl.total_steps, 9))
+
+
 def world_size() -> int:
     """Processes of a TRL-backend run (torchrun's WORLD_SIZE; 1 without torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -153,6 +161,9 @@ def rl_checks(cfg: RunConfig, algorithm: str) -> list[tuple[str, str]]:
     if rl.backend == "verl" and ("trainer.resume_mode" in rl.verl or "trainer.resume_from_path" in rl.verl):
         problems.append(("rl.verl", "resume with --resume (or resume: PATH to a global_step_N directory), not verl's "
                          "trainer.resume_mode / resume_from_path"))
+    if rl.backend == "trl" and algorithm == "ppo" and cfg.was_set("rl.critic.learning_rate"):
+        problems.append(("rl.critic.learning_rate", "TRL's PPO trains policy and value with one optimizer at "
+                         "rl.actor.learning_rate: remove it, or use rl.backend: verl"))
     if rl.backend == "trl" and rl.critic.export:
         problems.append(("rl.critic.export", "exporting the critic is verl's (rl.backend: verl)"))
     if rl.backend == "trl" and rl.cluster != ClusterArgs():

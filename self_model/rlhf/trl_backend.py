@@ -9,7 +9,7 @@ from typing import Any
 
 from self_model.config import Owned, RunConfig, from_key
 from self_model.rlhf.algorithms import algorithm_name, trl_settings
-from self_model.rlhf.rl_config import RLArgs, world_size
+from self_model.rlhf.rl_config import RLArgs, warmup_steps, world_size
 
 
 def _rl(cfg: RunConfig) -> RLArgs:
@@ -43,17 +43,29 @@ def _updates_per_step(rl: RLArgs) -> int:
     return rl.prompts_per_step // rl.actor.ppo_mini_batch_size
 
 
-# the optimizer's schedule and weight decay, as verl gets them (transformers reads a warmup_steps below 1 as a ratio)
-OPTIMIZER_OWNED = {
-    "lr_scheduler_type": from_key("rl.actor.lr_scheduler"),
-    "warmup_steps": from_key("rl.actor.warmup_ratio"),
-    "weight_decay": from_key("rl.actor.weight_decay"),
-}
+def _grpo_updates(rl: RLArgs) -> int:
+    """GRPOTrainer's optimizer steps per rollout step (each pass over the rollouts takes every mini-batch)."""
+    return _updates_per_step(rl) * rl.actor.ppo_epochs
+
+
+def _optimizer_owned(updates_per_step: Callable[[RLArgs], int]) -> dict[str, Owned]:
+    """The schedule and weight decay as verl gets them, for a trainer that steps its scheduler `updates_per_step`
+    times a rollout step (transformers' `constant` ignores warm-up; `constant_with_warmup` is verl's constant)."""
+    return {
+        "lr_scheduler_type": Owned("rl.actor.lr_scheduler", lambda cfg: {"constant": "constant_with_warmup"}.get(
+            _rl(cfg).actor.lr_scheduler, _rl(cfg).actor.lr_scheduler)),
+        "warmup_steps": Owned("rl.actor.warmup_ratio", lambda cfg: warmup_steps(_rl(cfg)) * updates_per_step(_rl(cfg))),
+        "warmup_ratio": Owned("rl.actor.warmup_ratio"),  # deprecated alias that would replace warmup_steps
+        "lr_scheduler_kwargs": Owned("rl.actor.lr_scheduler"),
+        "weight_decay": from_key("rl.actor.weight_decay"),
+    }
+
+
 # GRPOConfig fields from our vocabulary: a step generates prompts_per_step × n answers; updates take mini-batches.
 GRPO_OWNED = {
     "learning_rate": from_key("rl.actor.learning_rate"),
-    **OPTIMIZER_OWNED,
-    "max_steps": Owned("rl.total_steps", lambda cfg: _rl(cfg).total_steps * _updates_per_step(_rl(cfg)) * _rl(cfg).actor.ppo_epochs),
+    **_optimizer_owned(_grpo_updates),
+    "max_steps": Owned("rl.total_steps", lambda cfg: _rl(cfg).total_steps * _grpo_updates(_rl(cfg))),
     "num_generations": from_key("rl.rollout.n"),
     "temperature": from_key("rl.rollout.temperature"),
     "max_completion_length": from_key("rl.rollout.max_response_length"),
@@ -79,7 +91,7 @@ GRPO_OWNED = {
 # trl.experimental.ppo PPOConfig fields from our vocabulary.
 PPO_OWNED = {
     "learning_rate": from_key("rl.actor.learning_rate"),
-    **OPTIMIZER_OWNED,
+    **_optimizer_owned(lambda rl: 1),  # one scheduler step per rollout batch
     "total_episodes": Owned("rl.total_steps", lambda cfg: _rl(cfg).total_steps * _rl(cfg).prompts_per_step),
     "num_ppo_epochs": from_key("rl.actor.ppo_epochs"),
     "response_length": from_key("rl.rollout.max_response_length"),

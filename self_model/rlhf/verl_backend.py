@@ -20,7 +20,7 @@ from self_model.errors import ConfigError, UserError
 from self_model.rlhf import verl_workers
 from self_model.rlhf.algorithms import ALGORITHMS, clip_range, overlong_buffer, verl_settings
 from self_model.rlhf.rewards import canonical
-from self_model.rlhf.rl_config import RLArgs
+from self_model.rlhf.rl_config import RLArgs, warmup_steps
 
 REWARD_HOOK = Path(__file__).resolve().parent / "verl_reward.py"
 TRACE_LOGGERS = {"none": [], "tensorboard": ["tensorboard"], "wandb": ["wandb"], "swanlab": ["swanlab"]}
@@ -38,8 +38,9 @@ OUR_KEYS = {
 
 
 def optimizer_values(prefix: str, rl: RLArgs) -> dict[str, Any]:
-    """verl's schedule and weight decay from rl.actor (verl steps its scheduler once per rollout step)."""
-    return {f"{prefix}.lr_scheduler_type": rl.actor.lr_scheduler, f"{prefix}.lr_warmup_steps_ratio": rl.actor.warmup_ratio,
+    """verl's schedule and weight decay from rl.actor (verl steps its scheduler once per rollout step; a warm-up of
+    0 steps falls back to its ratio, 0 by default)."""
+    return {f"{prefix}.lr_scheduler_type": rl.actor.lr_scheduler, f"{prefix}.lr_warmup_steps": warmup_steps(rl),
             f"{prefix}.weight_decay": rl.actor.weight_decay}
 
 
