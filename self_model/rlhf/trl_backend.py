@@ -48,12 +48,15 @@ def _grpo_updates(rl: RLArgs) -> int:
     return _updates_per_step(rl) * rl.actor.ppo_epochs
 
 
+# rl.actor.lr_scheduler -> transformers' name (its `constant` ignores warm-up; `constant_with_warmup` is verl's constant)
+TRL_SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine"}
+
+
 def _optimizer_owned(updates_per_step: Callable[[RLArgs], int]) -> dict[str, Owned]:
     """The schedule and weight decay as verl gets them, for a trainer that steps its scheduler `updates_per_step`
-    times a rollout step (transformers' `constant` ignores warm-up; `constant_with_warmup` is verl's constant)."""
+    times a rollout step."""
     return {
-        "lr_scheduler_type": Owned("rl.actor.lr_scheduler", lambda cfg: {"constant": "constant_with_warmup"}.get(
-            _rl(cfg).actor.lr_scheduler, _rl(cfg).actor.lr_scheduler)),
+        "lr_scheduler_type": Owned("rl.actor.lr_scheduler", lambda cfg: TRL_SCHEDULERS[_rl(cfg).actor.lr_scheduler]),
         "warmup_steps": Owned("rl.actor.warmup_ratio", lambda cfg: warmup_steps(_rl(cfg)) * updates_per_step(_rl(cfg))),
         "warmup_ratio": Owned("rl.actor.warmup_ratio"),  # deprecated alias that would replace warmup_steps
         "lr_scheduler_kwargs": Owned("rl.actor.lr_scheduler"),
